@@ -1,0 +1,166 @@
+//! The aggregator's options: file (`--config`), then env, then flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use topk_archive::S3Options;
+use topk_core::db::ClickHouseOptions;
+
+/// Consumes play events from Kafka and flushes exactly-once per-minute counts to ClickHouse.
+///
+/// Run several processes with the same --kafka-group-id to scale out (up to the partition
+/// count). Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT: flushed and committed),
+/// 1 on a fatal error or when the shutdown deadline passed with data not yet flushed (it is
+/// re-read from Kafka on the next start, nothing is lost), 2 on bad usage.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[command(name = "topk-aggregator", version, about, long_about)]
+pub struct AggregatorConfig {
+    /// TOML file with any of the options below (flat keys, e.g. `kafka_brokers = "..."`);
+    /// env vars and flags override it.
+    #[arg(long, env = "TOPK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TOPK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    pub kafka_brokers: String,
+    /// Topic of play events.
+    #[arg(long, env = "TOPK_PLAYS_TOPIC", default_value = "plays")]
+    pub plays_topic: String,
+    /// Topic that receives events that break the contract, with the reason in headers.
+    #[arg(
+        long,
+        env = "TOPK_DEAD_LETTER_TOPIC",
+        default_value = "plays-dead-letter"
+    )]
+    pub dead_letter_topic: String,
+    /// Consumer group shared by all aggregator processes.
+    #[arg(long, env = "TOPK_KAFKA_GROUP_ID", default_value = "topk-aggregator")]
+    pub kafka_group_id: String,
+    /// Name of this worker in logs and checkpoints (default: hostname-pid).
+    #[arg(long, env = "TOPK_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// How often buffered counts are flushed to ClickHouse, in milliseconds.
+    #[arg(long, env = "TOPK_FLUSH_INTERVAL_MS", default_value_t = 60_000)]
+    pub flush_interval_ms: u64,
+    /// A shard flushes early once it buffers this many (user, song, minute) rows.
+    #[arg(long, env = "TOPK_MAX_BUFFER_ROWS", default_value_t = 1_000_000)]
+    pub max_buffer_rows: usize,
+    /// Memory budget of the process in MiB. Consumption pauses when buffered counts,
+    /// duplicate-filter state and records awaiting the archive reach a third of it (the rest
+    /// is Kafka's prefetch, a sixteenth, and the runtime, clients and allocator slack).
+    #[arg(long, env = "TOPK_MEMORY_LIMIT_MB", default_value_t = 512)]
+    pub memory_limit_mb: u64,
+    /// Duplicate horizon, ms of event time: an event_id seen again before the partition's
+    /// watermark (its newest event time) has moved this far past the id's last sighting
+    /// counts once.
+    #[arg(long, env = "TOPK_DEDUP_HORIZON_MS", default_value_t = 600_000)]
+    pub dedup_horizon_ms: i64,
+    /// Worker tasks that parse and count (partitions are spread over them);
+    /// 0 means one per CPU core.
+    #[arg(long, env = "TOPK_SHARDS", default_value_t = 0)]
+    pub shards: usize,
+    /// Address of the /metrics and /healthz HTTP endpoint; empty disables it.
+    #[arg(long, env = "TOPK_METRICS_LISTEN", default_value = "127.0.0.1:9464")]
+    pub metrics_listen: String,
+    /// On SIGTERM/SIGINT, how long flushing and committing may take before exiting.
+    #[arg(long, env = "TOPK_SHUTDOWN_TIMEOUT_MS", default_value_t = 30_000)]
+    pub shutdown_timeout_ms: u64,
+    /// Longest wait between ClickHouse retries (backoff starts at 100 ms and doubles).
+    #[arg(long, env = "TOPK_MAX_RETRY_BACKOFF_MS", default_value_t = 5_000)]
+    pub max_retry_backoff_ms: u64,
+    /// Extra librdkafka consumer properties, `key=value` pairs separated by commas
+    /// (e.g. `security.protocol=ssl,fetch.max.bytes=1048576`).
+    #[arg(long, env = "TOPK_KAFKA_CONSUMER_PROPERTIES", default_value = "")]
+    pub kafka_consumer_properties: String,
+    /// Archive every consumed event (valid or not) to S3 before its flush counts it.
+    #[arg(long, env = "TOPK_ARCHIVE", default_value_t = true, action = clap::ArgAction::Set)]
+    pub archive: bool,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub clickhouse: ClickHouseOptions,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub s3: S3Options,
+}
+
+impl AggregatorConfig {
+    pub fn flush_interval(&self) -> Duration {
+        Duration::from_millis(self.flush_interval_ms.max(10))
+    }
+
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_millis(self.shutdown_timeout_ms)
+    }
+
+    pub fn max_retry_backoff(&self) -> Duration {
+        Duration::from_millis(self.max_retry_backoff_ms.max(100))
+    }
+
+    pub fn shard_count(&self) -> usize {
+        if self.shards > 0 {
+            return self.shards;
+        }
+        std::thread::available_parallelism().map_or(2, |cores| cores.get())
+    }
+
+    /// Bytes of buffered counts and duplicate-filter state at which consumption pauses.
+    pub fn buffer_budget_bytes(&self) -> usize {
+        (self.memory_limit_mb as usize * 1024 * 1024) / 3
+    }
+
+    /// librdkafka's prefetch queue size, KiB: a sixteenth of the budget, at most 64 MiB.
+    pub fn kafka_queue_kbytes(&self) -> u64 {
+        (self.memory_limit_mb * 1024 / 16).clamp(1024, 64 * 1024)
+    }
+
+    pub fn worker_name(&self) -> String {
+        self.worker_id.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/etc/hostname")
+                .map(|name| name.trim().to_owned())
+                .unwrap_or_else(|_| "aggregator".to_owned());
+            format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The extra consumer properties as pairs.
+    pub fn extra_consumer_properties(&self) -> Result<Vec<(String, String)>, String> {
+        self.kafka_consumer_properties
+            .split(',')
+            .map(str::trim)
+            .filter(|pair| !pair.is_empty())
+            .map(|pair| {
+                pair.split_once('=')
+                    .map(|(key, value)| (key.trim().to_owned(), value.trim().to_owned()))
+                    .ok_or_else(|| format!("kafka consumer property `{pair}` is not key=value"))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_design() {
+        let config: AggregatorConfig = topk_core::config::load_from(["topk-aggregator"]).unwrap();
+        assert_eq!(config.flush_interval(), Duration::from_secs(60));
+        assert_eq!(config.dedup_horizon_ms, 10 * 60 * 1000);
+        assert_eq!(config.buffer_budget_bytes(), 512 * 1024 * 1024 / 3);
+        assert_eq!(config.kafka_queue_kbytes(), 32 * 1024);
+    }
+
+    #[test]
+    fn consumer_properties_parse() {
+        let mut config: AggregatorConfig =
+            topk_core::config::load_from(["topk-aggregator"]).unwrap();
+        config.kafka_consumer_properties = "a=1, b = two ,".to_owned();
+        assert_eq!(
+            config.extra_consumer_properties().unwrap(),
+            vec![("a".into(), "1".into()), ("b".into(), "two".into())]
+        );
+        config.kafka_consumer_properties = "broken".to_owned();
+        assert!(config.extra_consumer_properties().is_err());
+    }
+}

@@ -1,0 +1,166 @@
+//! `topk-aggregator`: Kafka play events to exactly-once per-minute counts in ClickHouse.
+//!
+//! - [`consumer`]: the polling thread, rebalances, routing, memory budget, advisory commits.
+//! - [`shard`]: parallel workers that parse, deduplicate, count and flush partitions.
+//! - [`partition`]: one partition's state; [`buffer`]: per-minute counts.
+//! - [`checkpoint`]: where a partition resumes, and why flushes are exactly-once.
+//! - [`flush`]: writing a flush (dead letters, raw-event archive, minute rows, checkpoints)
+//!   with retries and repair; [`dead_letter`]: rejected events.
+//! - [`metrics`]: Prometheus metrics and `/metrics` + `/healthz`.
+
+pub mod buffer;
+pub mod checkpoint;
+pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod error;
+pub mod flush;
+pub mod metrics;
+pub mod partition;
+pub mod record;
+pub mod shard;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+
+use crate::config::AggregatorConfig;
+use crate::consumer::{Poller, PollerParts};
+use crate::dead_letter::DeadLetterQueue;
+use crate::error::AggregatorError;
+use crate::flush::FlushTarget;
+use crate::metrics::Liveness;
+use crate::shard::{Shard, ShardMemory, ShardSettings};
+
+/// Commands queued per shard before the polling thread waits.
+const SHARD_QUEUE: usize = 64;
+/// How long to wait for ClickHouse (and the schema) at start-up.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A flush insert that takes longer than this is treated as failed (and repaired).
+const INSERT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs the aggregator until `shutdown` resolves (SIGTERM/SIGINT in the binary), then
+/// flushes, commits and returns.
+pub async fn run(
+    config: AggregatorConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AggregatorError> {
+    let clickhouse = config.clickhouse.client();
+    wait_for_schema(&clickhouse).await?;
+    let dead_letters = DeadLetterQueue::new(
+        &config.kafka_brokers,
+        &config.dead_letter_topic,
+        &config.plays_topic,
+    )?;
+    let liveness = Arc::new(Liveness::default());
+    liveness.beat();
+    if !config.metrics_listen.is_empty() {
+        let prometheus = topk_core::telemetry::install_metrics();
+        let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await?;
+        tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
+        let router = metrics::router(prometheus, liveness.clone());
+        tokio::spawn(async move {
+            if let Err(error) = axum::serve(listener, router).await {
+                tracing::error!(%error, "metrics endpoint stopped");
+            }
+        });
+    }
+
+    let archive = if config.archive {
+        let writer = topk_archive::ArchiveWriter::from_options(&config.s3).await;
+        tracing::info!(bucket = %config.s3.s3_bucket, prefix = %config.s3.s3_prefix, "archiving raw events");
+        Some(writer)
+    } else {
+        tracing::warn!("archiving is off: raw events are not kept");
+        None
+    };
+    let shard_count = config.shard_count();
+    let memory: Arc<Vec<ShardMemory>> =
+        Arc::new((0..shard_count).map(|_| ShardMemory::default()).collect());
+    let (commits_sender, commits) = std::sync::mpsc::channel();
+    let settings = ShardSettings {
+        target: FlushTarget {
+            client: clickhouse.clone(),
+            topic: config.plays_topic.clone(),
+            dead_letters: dead_letters.clone(),
+            archive,
+            insert_timeout: INSERT_TIMEOUT,
+            max_backoff: config.max_retry_backoff(),
+        },
+        consumer_group: config.kafka_group_id.clone(),
+        worker: config.worker_name(),
+        flush_interval: config.flush_interval(),
+        max_buffer_rows: config.max_buffer_rows,
+        dedup_horizon_ms: config.dedup_horizon_ms,
+        archive: config.archive,
+        memory: memory.clone(),
+        commits: commits_sender,
+    };
+    let mut shard_senders = Vec::with_capacity(shard_count);
+    let mut shard_tasks = Vec::with_capacity(shard_count);
+    for shard_id in 0..shard_count {
+        let (sender, receiver) = mpsc::channel(SHARD_QUEUE);
+        shard_senders.push(sender);
+        shard_tasks.push(tokio::spawn(
+            Shard::new(shard_id, settings.clone()).run(receiver),
+        ));
+    }
+    drop(settings);
+
+    let poller = Poller::new(
+        &config,
+        tokio::runtime::Handle::current(),
+        PollerParts {
+            shards: shard_senders,
+            memory,
+            commits,
+            liveness,
+            clickhouse,
+        },
+    )?;
+    tracing::info!(
+        topic = %config.plays_topic,
+        group = %config.kafka_group_id,
+        worker = %config.worker_name(),
+        shards = shard_count,
+        flush_interval_ms = config.flush_interval_ms,
+        "aggregator started"
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop_for_signal = stop.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        tracing::info!("shutdown requested");
+        stop_for_signal.store(true, Ordering::Relaxed);
+    });
+    let polling = std::thread::Builder::new()
+        .name("kafka-poll".to_owned())
+        .spawn(move || poller.run(&stop))?;
+    let result = tokio::task::spawn_blocking(move || polling.join())
+        .await
+        .map_err(|error| AggregatorError::Fatal(format!("polling thread: {error}")))?
+        .map_err(|_| AggregatorError::Fatal("polling thread panicked".to_owned()))?;
+    for task in shard_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+    }
+    dead_letters.flush(Duration::from_secs(5));
+    if result.is_ok() {
+        tracing::info!("aggregator stopped cleanly");
+    }
+    result
+}
+
+async fn wait_for_schema(clickhouse: &clickhouse::Client) -> Result<(), AggregatorError> {
+    topk_core::db::wait_until_ready(clickhouse, STARTUP_TIMEOUT).await?;
+    let applied = topk_core::migrate::applied_version(clickhouse).await?;
+    let expected = topk_core::migrate::latest_version();
+    if applied.unwrap_or(0) < expected {
+        return Err(AggregatorError::Config(format!(
+            "the ClickHouse schema is at version {applied:?}, this build needs {expected}: \
+             run `topk-rollup migrate` first"
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,113 @@
+use anyhow::Context;
+use clap::Parser;
+use serde::{Deserialize, Serialize};
+use topk_loadgen::generate::{generate, GeneratorSpec, Truth};
+use topk_loadgen::produce::{produce_all, producer};
+
+/// Produces realistic play events to Kafka: Zipf-distributed users and songs, with a chosen
+/// share of duplicates (client retries), malformed and late events.
+#[derive(Debug, Parser, Serialize, Deserialize)]
+#[command(name = "topk-loadgen", version, about, long_about = None)]
+struct LoadgenConfig {
+    /// TOML file with any of the options below; env vars and flags override it.
+    #[arg(long, env = "TOPK_CONFIG")]
+    config: Option<std::path::PathBuf>,
+    /// Kafka bootstrap servers.
+    #[arg(long, env = "TOPK_KAFKA_BROKERS", default_value = "127.0.0.1:9092")]
+    kafka_brokers: String,
+    /// Topic of play events.
+    #[arg(long, env = "TOPK_PLAYS_TOPIC", default_value = "plays")]
+    plays_topic: String,
+    /// Messages to produce (duplicates included).
+    #[arg(long, default_value_t = 100_000)]
+    events: u64,
+    /// Distinct users.
+    #[arg(long, default_value_t = 1_000)]
+    users: u64,
+    /// Distinct songs.
+    #[arg(long, default_value_t = 5_000)]
+    songs: u64,
+    /// Zipf exponent of users and songs.
+    #[arg(long, default_value_t = 1.1)]
+    zipf_exponent: f64,
+    /// Random seed: the same seed gives the same events.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Share of events sent twice, 0..1.
+    #[arg(long, default_value_t = 0.01)]
+    duplicate_share: f64,
+    /// Share of malformed events, 0..1.
+    #[arg(long, default_value_t = 0.01)]
+    malformed_share: f64,
+    /// Share of late (earlier in the 7-day window) events, 0..1.
+    #[arg(long, default_value_t = 0.0)]
+    late_share: f64,
+    /// Messages per second; 0 sends as fast as the broker takes them.
+    #[arg(long, default_value_t = 0)]
+    rate: u64,
+    /// Create the plays topic with this many partitions first (if it does not exist), plus
+    /// the topics named by --create-topics.
+    #[arg(long)]
+    create_partitions: Option<i32>,
+    /// More topics to create (one partition each) when --create-partitions is given, e.g.
+    /// the dead-letter topic.
+    #[arg(long, value_delimiter = ',')]
+    create_topics: Vec<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    topk_core::telemetry::init();
+    let config: LoadgenConfig = topk_core::config::load();
+    let mut spec = GeneratorSpec::new(config.events, chrono::Utc::now());
+    spec.users = config.users;
+    spec.songs = config.songs;
+    spec.zipf_exponent = config.zipf_exponent;
+    spec.seed = config.seed;
+    spec.duplicate_share = config.duplicate_share;
+    spec.malformed_share = config.malformed_share;
+    spec.late_share = config.late_share;
+    if let Some(partitions) = config.create_partitions {
+        let mut topics = vec![(config.plays_topic.clone(), partitions)];
+        topics.extend(config.create_topics.iter().map(|topic| (topic.clone(), 1)));
+        topk_loadgen::produce::ensure_topics(&config.kafka_brokers, &topics)
+            .await
+            .context("creating topics")?;
+    }
+    let messages = generate(&spec);
+    let producer = producer(&config.kafka_brokers).context("creating the Kafka producer")?;
+    let started = std::time::Instant::now();
+    produce_all(
+        &producer,
+        &config.plays_topic,
+        &messages,
+        config.rate,
+        |sent| {
+            eprintln!("loadgen: {sent}/{} messages sent", messages.len());
+        },
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "producing to {} at {}",
+            config.plays_topic, config.kafka_brokers
+        )
+    })?;
+    let malformed = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Malformed(_)))
+        .count();
+    let duplicates = messages
+        .iter()
+        .filter(|m| matches!(m.truth, Truth::Duplicate { .. }))
+        .count();
+    println!(
+        "produced {} messages ({} duplicates, {} malformed) to {} in {:.1}s",
+        messages.len(),
+        duplicates,
+        malformed,
+        config.plays_topic,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The subcommands: which days to roll up (`run`, `backfill`), in what order, and the one
+//! summary line per day the operator reads.
+
+use std::fmt;
+
+use chrono::{DateTime, NaiveDate, Utc};
+use topk_core::schema::RollupProgressRow;
+use topk_core::window::{Window, WINDOW_DAYS};
+
+use crate::config::{RollupCommand, RollupConfig};
+use crate::day_state::{plan_days, DayAction, MinuteStats, RollUpReason};
+use crate::error::{clickhouse_error, RollupError};
+use crate::prune::{prune, PruneOutcome};
+use crate::restore::{restore, RestoreRequest};
+use crate::rollup::{roll_up_day, DEFAULT_SLICES};
+
+/// What happened to one day.
+#[derive(Debug)]
+pub enum DayResult {
+    RolledUp {
+        reason: RollUpReason,
+        progress: RollupProgressRow,
+    },
+    /// `--dry-run`: the rollup that would have happened.
+    WouldRollUp {
+        reason: RollUpReason,
+        minute_stats: MinuteStats,
+    },
+    UpToDate {
+        rolled_up_at: DateTime<Utc>,
+    },
+    KeptRollupOfPrunedDay {
+        rolled_up_at: DateTime<Utc>,
+    },
+    Failed(RollupError),
+}
+
+#[derive(Debug)]
+pub struct DayOutcome {
+    pub day: NaiveDate,
+    pub result: DayResult,
+    /// 1-based position of the day in this invocation, and how many days it covers.
+    pub position: usize,
+    pub days: usize,
+}
+
+impl DayOutcome {
+    pub fn failed(&self) -> bool {
+        matches!(self.result, DayResult::Failed(_))
+    }
+}
+
+impl fmt::Display for DayOutcome {
+    fn fmt(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(formatter, "[{}/{}] {} ", self.position, self.days, self.day)?;
+        match &self.result {
+            DayResult::RolledUp { reason, progress } => write!(
+                formatter,
+                "rolled up ({reason}): minute_rows_read={} plays_read={} users={} \
+                 rows_written={} seconds={:.3}",
+                progress.minute_rows_read,
+                progress.plays_read,
+                progress.users,
+                progress.rows_written,
+                progress.seconds
+            ),
+            DayResult::WouldRollUp {
+                reason,
+                minute_stats,
+            } => write!(
+                formatter,
+                "would roll up ({reason}): minute_rows={} plays={}",
+                minute_stats.minute_rows, minute_stats.plays
+            ),
+            DayResult::UpToDate { rolled_up_at } => {
+                write!(formatter, "up to date (rolled up at {rolled_up_at})")
+            }
+            DayResult::KeptRollupOfPrunedDay { rolled_up_at } => write!(
+                formatter,
+                "kept the rollup of {rolled_up_at}: its minute rows are pruned, nothing to \
+                 roll up from"
+            ),
+            DayResult::Failed(error) => write!(formatter, "failed: {error}"),
+        }
+    }
+}
+
+/// One invocation's settings: the database, the moment it treats as now, and how to work.
+#[derive(Clone)]
+pub struct RollupJob {
+    pub client: clickhouse::Client,
+    /// Places the window: `run` covers the complete days of the 7 days ending here.
+    pub now: DateTime<Utc>,
+    /// Report what would be done, change nothing.
+    pub dry_run: bool,
+    /// Concurrent `INSERT .. SELECT`s per day (see [`roll_up_day`]).
+    pub slices: u32,
+}
+
+impl RollupJob {
+    pub fn new(client: clickhouse::Client, now: DateTime<Utc>) -> Self {
+        Self {
+            client,
+            now,
+            dry_run: false,
+            slices: DEFAULT_SLICES,
+        }
+    }
+
+    /// `run`: every complete day of the window that needs it (see [`crate::day_state`]),
+    /// oldest first, reporting each day as it is done.
+    pub async fn run(
+        &self,
+        on_day: impl FnMut(&DayOutcome),
+    ) -> Result<Vec<DayOutcome>, RollupError> {
+        let days = Window::last_week(self.now).previous_days();
+        self.roll_up_days(&days, false, on_day).await
+    }
+
+    /// `backfill`: every day from `from` to `to`, whether rolled up before or not.
+    pub async fn backfill(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        on_day: impl FnMut(&DayOutcome),
+    ) -> Result<Vec<DayOutcome>, RollupError> {
+        let days = backfill_days(from, to, self.now)?;
+        self.roll_up_days(&days, true, on_day).await
+    }
+
+    /// `prune` (see [`crate::prune`]).
+    pub async fn prune(
+        &self,
+        daily_retention_days: u32,
+        on_step: impl FnMut(&PruneOutcome),
+    ) -> Result<Vec<PruneOutcome>, RollupError> {
+        prune(
+            &self.client,
+            self.now,
+            daily_retention_days,
+            self.dry_run,
+            on_step,
+        )
+        .await
+    }
+
+    async fn roll_up_days(
+        &self,
+        days: &[NaiveDate],
+        backfill: bool,
+        mut on_day: impl FnMut(&DayOutcome),
+    ) -> Result<Vec<DayOutcome>, RollupError> {
+        let plan = plan_days(&self.client, days, backfill).await?;
+        let mut outcomes = Vec::with_capacity(plan.len());
+        for (index, (day, action, minute_stats)) in plan.into_iter().enumerate() {
+            let result = match action {
+                DayAction::UpToDate { rolled_up_at } => DayResult::UpToDate { rolled_up_at },
+                DayAction::KeepRollupOfPrunedDay { rolled_up_at } => {
+                    DayResult::KeptRollupOfPrunedDay { rolled_up_at }
+                }
+                DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp {
+                    reason,
+                    minute_stats,
+                },
+                DayAction::RollUp(reason) => {
+                    match roll_up_day(&self.client, day, self.slices).await {
+                        Ok(progress) => DayResult::RolledUp { reason, progress },
+                        Err(error) => DayResult::Failed(error),
+                    }
+                }
+            };
+            let outcome = DayOutcome {
+                day,
+                result,
+                position: index + 1,
+                days: days.len(),
+            };
+            on_day(&outcome);
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+}
+
+/// The days of a backfill, checked: a non-empty range of complete days.
+pub fn backfill_days(
+    from: NaiveDate,
+    to: NaiveDate,
+    now: DateTime<Utc>,
+) -> Result<Vec<NaiveDate>, RollupError> {
+    if from > to {
+        return Err(RollupError::EmptyRange { from, to });
+    }
+    let today = now.date_naive();
+    if to >= today {
+        return Err(RollupError::DayNotComplete { day: to, today });
+    }
+    Ok(from.iter_days().take_while(|day| *day <= to).collect())
+}
+
+/// Performs the configured subcommand, printing one line per day (or prune step) to stdout.
+pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
+    let command = config.command();
+    if command == RollupCommand::Migrate {
+        let report = topk_core::migrate::migrate(&config.clickhouse).await?;
+        println!(
+            "schema at version {}: applied {:?}, already applied {:?}",
+            topk_core::migrate::latest_version(),
+            report.applied,
+            report.already_applied
+        );
+        return Ok(());
+    }
+    if config.daily_retention_days < WINDOW_DAYS {
+        // Reachable through the config file, which clap's range check does not see.
+        return Err(RollupError::RetentionTooShort {
+            days: config.daily_retention_days,
+            window: WINDOW_DAYS,
+        });
+    }
+    let now = config.now();
+    if let RollupCommand::Backfill { from, to } = command {
+        backfill_days(from, to, now)?;
+    }
+    let job = RollupJob {
+        client: config.clickhouse.client(),
+        now,
+        dry_run: config.dry_run,
+        slices: config.rollup_slices,
+    };
+    check_schema(&job.client).await?;
+    let print_day = |outcome: &DayOutcome| println!("{outcome}");
+    let (day_outcomes, prune_after) = match command {
+        RollupCommand::Run { prune } => (job.run(print_day).await?, prune),
+        RollupCommand::Backfill { from, to } => (job.backfill(from, to, print_day).await?, false),
+        RollupCommand::Restore {
+            from,
+            to,
+            plays_topic,
+            dedup_horizon_ms,
+        } => {
+            let request = RestoreRequest {
+                topic: plays_topic,
+                from,
+                to,
+                dedup_horizon_ms,
+            };
+            let reader = topk_archive::ArchiveReader::from_options(&config.s3).await;
+            println!(
+                "restore: archive at s3://{}/{}",
+                config.s3.s3_bucket, config.s3.s3_prefix
+            );
+            let outcomes = restore(&job, &config.clickhouse, &reader, &request, print_day).await?;
+            (outcomes, false)
+        }
+        RollupCommand::Prune | RollupCommand::Migrate => (Vec::new(), true),
+    };
+    let failed_days = day_outcomes
+        .iter()
+        .filter(|outcome| outcome.failed())
+        .count();
+    if prune_after {
+        let outcomes = job
+            .prune(config.daily_retention_days, |outcome| println!("{outcome}"))
+            .await?;
+        let failed_steps = outcomes
+            .iter()
+            .filter(|outcome| outcome.result.is_err())
+            .count();
+        if failed_steps > 0 {
+            return Err(RollupError::StepsFailed {
+                failed: failed_steps,
+                attempted: outcomes.len(),
+                what: "prune steps",
+            });
+        }
+        if outcomes.is_empty() {
+            println!("nothing to prune");
+        }
+    }
+    if failed_days > 0 {
+        return Err(RollupError::StepsFailed {
+            failed: failed_days,
+            attempted: day_outcomes.len(),
+            what: "days",
+        });
+    }
+    Ok(())
+}
+
+/// Fails clearly when the tables this build writes are missing or older than it expects.
+async fn check_schema(client: &clickhouse::Client) -> Result<(), RollupError> {
+    let applied = topk_core::migrate::applied_version(client)
+        .await
+        .map_err(clickhouse_error("reading the schema version"))?;
+    let expected = topk_core::migrate::latest_version();
+    if applied.is_none_or(|version| version < expected) {
+        return Err(RollupError::SchemaOutdated { applied, expected });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(number: u32) -> NaiveDate {
+        NaiveDate::from_ymd_opt(2026, 11, number).unwrap()
+    }
+
+    #[test]
+    fn backfill_covers_complete_days_only() {
+        let now = DateTime::parse_from_rfc3339("2026-11-24T00:20:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        assert_eq!(
+            backfill_days(day(20), day(23), now).unwrap(),
+            vec![day(20), day(21), day(22), day(23)]
+        );
+        assert_eq!(backfill_days(day(23), day(23), now).unwrap(), vec![day(23)]);
+        let empty = backfill_days(day(21), day(20), now).unwrap_err();
+        assert!(matches!(empty, RollupError::EmptyRange { .. }));
+        assert_eq!(empty.exit_code(), crate::error::EXIT_USAGE);
+        let today = backfill_days(day(20), day(24), now).unwrap_err();
+        assert!(matches!(today, RollupError::DayNotComplete { .. }));
+        assert_eq!(today.exit_code(), crate::error::EXIT_USAGE);
+    }
+
+    #[test]
+    fn summary_line_has_every_figure() {
+        let progress = RollupProgressRow {
+            day: day(20),
+            rolled_up_at: DateTime::from_timestamp(1_795_220_000, 0).unwrap(),
+            minute_rows_read: 1200,
+            plays_read: 3400,
+            users: 56,
+            rows_written: 780,
+            seconds: 0.25,
+        };
+        let outcome = DayOutcome {
+            day: day(20),
+            result: DayResult::RolledUp {
+                reason: RollUpReason::NeverRolledUp,
+                progress,
+            },
+            position: 2,
+            days: 6,
+        };
+        assert_eq!(
+            outcome.to_string(),
+            "[2/6] 2026-11-20 rolled up (new day): minute_rows_read=1200 plays_read=3400 \
+             users=56 rows_written=780 seconds=0.250"
+        );
+    }
+}

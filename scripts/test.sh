@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests and the integration tests against the
+# real local stack. Starts the stack if it is not running (and stops it again afterwards in
+# that case), so it works the same on a fresh machine, a developer's laptop and CI.
+#
+# Env: CARGO_TARGET_DIR as usual; TOPK_KEEP_STACK=1 leaves a stack it started running.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+step() { echo "==> $*" >&2; }
+
+started_stack=0
+if ! scripts/stack.sh status | grep -q "clickhouse: running" ||
+   ! scripts/stack.sh status | grep -q "kafka: running" ||
+   ! scripts/stack.sh status | grep -q "s3: running"; then
+  started_stack=1
+fi
+cleanup() {
+  if [ "$started_stack" = 1 ] && [ "${TOPK_KEEP_STACK:-0}" != 1 ]; then
+    scripts/stack.sh down || true
+  fi
+}
+trap cleanup EXIT
+
+step "local stack"
+scripts/stack.sh up
+# shellcheck disable=SC1091
+source .stack/env
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo build --bins (integration tests run the binaries as processes)"
+cargo build --workspace --bins --locked
+
+step "cargo test (unit and integration tests; tests/outage, which stops services, runs alone: cargo runs test binaries one at a time)"
+cargo test --workspace --locked -- --test-threads 4

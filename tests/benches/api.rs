@@ -1,0 +1,213 @@
+//! Benchmark: the API against its ceiling, the same query sent straight to ClickHouse.
+//!
+//! Loads a reference dataset (default 100 000 users × 7 days, Zipf-distributed songs): six
+//! previous days as rolled-up daily top 50 lists (with progress rows), today as minute rows.
+//! Then, with `wrk` and the same number of connections (the API's concurrency limit), in
+//! alternating rounds so that a change in the machine's load hits both alike:
+//!
+//! 1. ClickHouse's HTTP interface with the exact SQL the API sends for a random user;
+//! 2. the API (in this process, HS256 auth on) for a random user;
+//!
+//! and prints req/s, p50 and p99 of both with the ratios against the targets (≥ 85 % of the
+//! direct req/s, p99 < 1.3 × the direct p99). Then overload, with a client here that separates
+//! accepted (200) from shed (503) latencies: the limit's worth of connections (the baseline),
+//! requests arriving at 4 × the capacity so measured (open loop), and 4 × the limit in
+//! connections each re-sending as soon as it is answered (closed loop, no back-off).
+//!
+//! `cargo bench -p topk-tests --bench api`. Env: TOPK_BENCH_USERS (100000),
+//! TOPK_BENCH_SECONDS per measured run (15), TOPK_BENCH_LIMIT concurrency limit (16),
+//! TOPK_BENCH_KEEP=1 keeps the database afterwards; needs `wrk`.
+
+use std::process::Command;
+
+use anyhow::bail;
+use chrono::{DateTime, Utc};
+use topk_api::config::{ApiConfig, AuthMode};
+use topk_api::{AppState, Clock};
+use topk_core::window::Window;
+use topk_tests::stack;
+
+use dataset::load;
+use driver::Target;
+use wrk::{WrkResult, WrkTarget};
+
+// A bench target is its own crate root, so its modules are found by path.
+#[path = "api/dataset.rs"]
+mod dataset;
+#[path = "api/driver.rs"]
+mod driver;
+#[path = "api/wrk.rs"]
+mod wrk;
+
+const JWT_SECRET: &str = "bench-secret";
+/// The API-versus-ceiling comparison alternates this many rounds of each.
+const ROUNDS: u64 = 3;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() -> anyhow::Result<()> {
+    topk_core::telemetry::init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
+    let users = env_number("TOPK_BENCH_USERS", 100_000);
+    let seconds = env_number("TOPK_BENCH_SECONDS", 15);
+    let limit = env_number("TOPK_BENCH_LIMIT", 16);
+    if Command::new("wrk").arg("--version").output().is_err() {
+        bail!("wrk is not installed (apt-get install wrk)");
+    }
+    println!(
+        "machine: {} cores, load average {}",
+        std::thread::available_parallelism()?,
+        std::fs::read_to_string("/proc/loadavg")?.trim()
+    );
+    let now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse()?;
+    let options = stack::fresh_database("bench_api").await;
+    load(&options, users, now).await?;
+
+    let mut config = ApiConfig::with_clickhouse(options.clone());
+    config.auth_mode = AuthMode::Hs256;
+    config.jwt_hs256_secret = JWT_SECRET.to_owned();
+    config.max_concurrent_requests = u32::try_from(limit)?;
+    let state = AppState::from_config(&config)?.with_clock(Clock::Fixed(now));
+    let sql = state
+        .store()
+        .songs_in_window_sql("__USER__", &Window::last_week(now))
+        .await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_port = listener.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(topk_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    let authorization = format!("Bearer {}", read_any_token()?);
+
+    let direct = WrkTarget {
+        url: options.clickhouse_url.trim_end_matches('/').to_owned(),
+        method: "POST",
+        path: format!(
+            "/?database={}&default_format=RowBinary",
+            options.clickhouse_database
+        ),
+        body: sql,
+        authorization: String::new(),
+    };
+    let api = WrkTarget {
+        url: format!("http://127.0.0.1:{api_port}"),
+        method: "GET",
+        path: "/v1/users/__USER__/top-songs".to_owned(),
+        body: String::new(),
+        authorization: authorization.clone(),
+    };
+    println!("warm-up (3 s each)");
+    direct.run(users, limit, 3)?;
+    api.run(users, limit, 3)?;
+    let round_seconds = seconds.div_ceil(ROUNDS).max(2);
+    println!(
+        "measuring: {limit} connections, {ROUNDS} alternating rounds of {round_seconds} s, users u0..u{}",
+        users - 1
+    );
+    let mut direct_rounds = Vec::new();
+    let mut api_rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        direct_rounds.push(direct.run(users, limit, round_seconds)?);
+        api_rounds.push(api.run(users, limit, round_seconds)?);
+    }
+    let direct_result = WrkResult::combine(&direct_rounds);
+    let api_result = WrkResult::combine(&api_rounds);
+    if api_result.not_ok > 0 || direct_result.not_ok > 0 {
+        bail!("unexpected statuses: direct {direct_result:?}, api {api_result:?}");
+    }
+    println!();
+    println!(
+        "{:<28} {:>8} {:>8} {:>8} {:>13} {:>13}",
+        "", "req/s", "p50 ms", "p99 ms", "API µs/req", "machine busy"
+    );
+    direct_result.print("clickhouse http (ceiling)");
+    api_result.print("topk-api");
+    let throughput_ratio = api_result.requests_per_second() / direct_result.requests_per_second();
+    let p99_ratio = api_result.p99_ms / direct_result.p99_ms;
+    println!(
+        "api/ceiling req/s: {:.1} % (target ≥ 85 %: {})",
+        throughput_ratio * 100.0,
+        verdict(throughput_ratio >= 0.85)
+    );
+    println!(
+        "api/ceiling p99:   {p99_ratio:.2} × (target < 1.3 ×: {})",
+        verdict(p99_ratio < 1.3)
+    );
+
+    println!();
+    let target = Target {
+        port: api_port,
+        authorization,
+        users,
+    };
+    let connections = usize::try_from(limit)?;
+    let nominal = target.closed_loop(connections, seconds)?;
+    let capacity = nominal.ok.0.len() as f64 / nominal.seconds;
+    let open = target.open_loop(4.0 * capacity, seconds)?;
+    let storm = target.closed_loop(4 * connections, seconds)?;
+    let heading = format!("API overload (concurrency limit {limit})");
+    println!(
+        "{heading:<42} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8}",
+        "200/s", "p50 ms", "p99 ms", "shed/s", "p50 ms", "p99 ms"
+    );
+    nominal.print(&format!("{connections} connections (1 ×, baseline)"));
+    open.print(&format!(
+        "arrivals at 4 × capacity ({:.0}/s)",
+        4.0 * capacity
+    ));
+    storm.print(&format!("{} connections, no back-off", 4 * connections));
+    println!(
+        "accepted p99 vs baseline: {:.2} × at 4 × arrivals, {:.2} × with 4 × connections",
+        open.ok.percentile(99.0) / nominal.ok.percentile(99.0),
+        storm.ok.percentile(99.0) / nominal.ok.percentile(99.0)
+    );
+
+    let _ = stop.send(());
+    server.await??;
+    if std::env::var("TOPK_BENCH_KEEP").is_ok_and(|keep| keep == "1") {
+        println!("kept database {}", options.clickhouse_database);
+        return Ok(());
+    }
+    options
+        .server_client()
+        .query(&format!(
+            "DROP DATABASE {}",
+            topk_core::migrate::quote_identifier(&options.clickhouse_database)
+        ))
+        .execute()
+        .await?;
+    Ok(())
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "MISSED"
+    }
+}
+
+fn read_any_token() -> anyhow::Result<String> {
+    let claims = serde_json::json!({
+        "sub": "bench",
+        "scope": "topk:read:any",
+        "exp": Utc::now().timestamp() + 3600,
+    });
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(JWT_SECRET.as_bytes()),
+    )?)
+}

@@ -1,0 +1,223 @@
+//! The HTTP API against the real ClickHouse. Rows are written directly: minute rows for every
+//! day, and for the rolled-up days the daily top 50 (built here from the same counts) and a
+//! `rollup_progress` row. Every answer is compared with a brute-force top list over the raw
+//! minute rows.
+//!
+//! - [`results`]: the window, the ranking, `exact`, bad input;
+//! - [`auth`]: HS256 and RS256 tokens, who may read whom;
+//! - [`operations`]: ClickHouse down or slow, readiness, shedding, request ids, OpenAPI, a real
+//!   socket, graceful shutdown, the binary and its metrics.
+
+use std::collections::BTreeMap;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Request, StatusCode};
+use axum::Router;
+use chrono::{DateTime, Days, NaiveDate, Utc};
+use rand::rngs::StdRng;
+use rand::Rng;
+use serde_json::Value;
+use topk_api::config::{ApiConfig, AuthMode};
+use topk_api::{AppState, Clock};
+use topk_core::db::ClickHouseOptions;
+use topk_core::schema::{DailyTopRow, MinuteRow, RollupProgressRow, DAILY_TOP_SIZE};
+use topk_core::window::day_start;
+use tower::ServiceExt;
+
+/// "Now" of the fixed-clock tests: the window is 2026-11-18 .. 2026-11-24T10:15:30Z.
+fn now() -> DateTime<Utc> {
+    "2026-11-24T10:15:30Z".parse().unwrap()
+}
+
+fn day(offset_from_today: u64) -> NaiveDate {
+    now()
+        .date_naive()
+        .checked_sub_days(Days::new(offset_from_today))
+        .unwrap()
+}
+
+fn config(clickhouse: ClickHouseOptions) -> ApiConfig {
+    let mut config = ApiConfig::with_clickhouse(clickhouse);
+    config.auth_mode = AuthMode::Off;
+    config
+}
+
+fn fixed_app(config: &ApiConfig) -> Router {
+    topk_api::app(
+        AppState::from_config(config)
+            .unwrap()
+            .with_clock(Clock::Fixed(now())),
+    )
+}
+
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Value,
+}
+
+async fn get(app: &Router, uri: &str, token: Option<&str>) -> Reply {
+    request(app, "GET", uri, token).await
+}
+
+async fn request(app: &Router, method: &str, uri: &str, token: Option<&str>) -> Reply {
+    let mut builder = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let response = app
+        .clone()
+        .oneshot(builder.body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    let body = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    Reply {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// A 4xx/5xx with the JSON error shape and the given code.
+#[track_caller]
+fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+    assert_eq!(reply.status, status, "{}", reply.body);
+    assert_eq!(reply.body["error"]["code"], code, "{}", reply.body);
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
+}
+
+fn song_list(body: &Value) -> Vec<(String, u64)> {
+    body["songs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no songs in {body}"))
+        .iter()
+        .enumerate()
+        .map(|(index, song)| {
+            assert_eq!(song["rank"], index + 1);
+            (
+                song["song_id"].as_str().unwrap().to_owned(),
+                song["plays"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Plays per (user, day, song): what really happened.
+type Counts = BTreeMap<(String, NaiveDate), BTreeMap<String, u64>>;
+
+fn top_list(totals: &BTreeMap<String, u64>, limit: usize) -> Vec<(String, u64)> {
+    let mut list: Vec<(String, u64)> = totals
+        .iter()
+        .map(|(id, plays)| (id.clone(), *plays))
+        .collect();
+    list.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    list.truncate(limit);
+    list
+}
+
+/// The oracle: a user's top list over the raw minute rows inside the window.
+fn brute_force(rows: &[MinuteRow], user_id: &str, limit: usize) -> Vec<(String, u64)> {
+    let from = day_start(day(6));
+    let mut totals = BTreeMap::new();
+    for row in rows.iter().filter(|row| row.user_id == user_id) {
+        if row.minute >= from && row.minute.timestamp() <= now().timestamp() {
+            *totals.entry(row.song_id.clone()).or_default() += row.plays;
+        }
+    }
+    top_list(&totals, limit)
+}
+
+/// Minute rows holding `counts`, each count split over one to three rows (some in the same
+/// minute, as two aggregator flushes write them); today's rows lie before "now".
+fn minute_rows(rng: &mut StdRng, counts: &Counts) -> Vec<MinuteRow> {
+    let mut rows = Vec::new();
+    for ((user_id, day), songs) in counts {
+        let minutes_in_day = if *day == now().date_naive() {
+            615
+        } else {
+            1440
+        };
+        for (song_id, plays) in songs {
+            let mut left = *plays;
+            let mut minute = rng.random_range(0..minutes_in_day);
+            while left > 0 {
+                let row_plays = rng.random_range(1..=left.min(3));
+                left -= row_plays;
+                rows.push(MinuteRow {
+                    user_id: user_id.clone(),
+                    song_id: song_id.clone(),
+                    minute: day_start(*day) + chrono::Duration::minutes(minute),
+                    plays: row_plays,
+                    topic: "plays".to_owned(),
+                    kafka_partition: 0,
+                    flush_offset: rng.random_range(0..1_000_000),
+                });
+                if rng.random_bool(0.5) {
+                    minute = rng.random_range(0..minutes_in_day);
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// What the rollup stores for `day`: each user's top 50 with the truncation facts.
+fn daily_top(counts: &Counts, rolled_day: NaiveDate) -> Vec<DailyTopRow> {
+    let mut rows = Vec::new();
+    for ((user_id, _), songs) in counts.iter().filter(|((_, day), _)| *day == rolled_day) {
+        let ranked = top_list(songs, usize::MAX);
+        let truncated = ranked.len() > DAILY_TOP_SIZE;
+        let cutoff = if truncated {
+            ranked[DAILY_TOP_SIZE - 1].1
+        } else {
+            0
+        };
+        for ((song_id, plays), rank) in ranked.iter().take(DAILY_TOP_SIZE).zip(1u16..) {
+            rows.push(DailyTopRow {
+                day: rolled_day,
+                user_id: user_id.clone(),
+                rank,
+                song_id: song_id.clone(),
+                plays: *plays,
+                user_songs: ranked.len() as u64,
+                user_truncated: u8::from(truncated),
+                user_cutoff_plays: cutoff,
+            });
+        }
+    }
+    rows
+}
+
+fn progress(rolled_day: NaiveDate) -> RollupProgressRow {
+    RollupProgressRow {
+        day: rolled_day,
+        rolled_up_at: day_start(rolled_day) + chrono::Duration::hours(25),
+        minute_rows_read: 0,
+        plays_read: 0,
+        users: 0,
+        rows_written: 0,
+        seconds: 0.1,
+    }
+}
+
+macro_rules! insert_rows {
+    ($client:expr, $table:expr, $row_type:ty, $rows:expr) => {{
+        let mut insert = $client.insert::<$row_type>($table).await.unwrap();
+        for row in $rows {
+            insert.write(row).await.unwrap();
+        }
+        insert.end().await.unwrap();
+    }};
+}
+
+mod auth;
+mod operations;
+mod results;

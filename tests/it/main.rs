@@ -1,0 +1,10 @@
+//! Integration tests against the real local stack (`scripts/stack.sh up`).
+//! One test binary; each module is one area of the product.
+
+mod aggregator;
+mod api;
+mod archive;
+mod archive_ingest;
+mod foundation;
+mod restore;
+mod rollup;

@@ -1,0 +1,126 @@
+//! Restore from the S3 archive: after the aggregator ingested events (valid, duplicate,
+//! malformed and late) and the rollup ran, truncating the minute and daily tables and running
+//! restore gives the same counts, the same daily tables and the same API answers.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Request;
+use chrono::Utc;
+use clickhouse::Row;
+use serde::Deserialize;
+use topk_archive::ArchiveReader;
+use topk_loadgen::generate::{generate, GeneratorSpec};
+use topk_rollup::restore::{restore, RestoreRequest};
+use topk_rollup::RollupJob;
+use topk_tests::pipeline::Pipeline;
+use topk_tests::stack;
+use tower::ServiceExt;
+
+#[derive(Debug, PartialEq, Row, Deserialize)]
+struct DailyRow {
+    day: u16,
+    user_id: String,
+    rank: u16,
+    song_id: String,
+    plays: u64,
+    user_songs: u64,
+    user_truncated: u8,
+    user_cutoff_plays: u64,
+}
+
+async fn daily_top(pipeline: &Pipeline) -> Vec<DailyRow> {
+    pipeline
+        .clickhouse
+        .client()
+        .query("SELECT ?fields FROM daily_top ORDER BY day, user_id, rank")
+        .fetch_all()
+        .await
+        .expect("read daily_top")
+}
+
+/// The API's answers (songs and `exact`) for the heaviest users.
+async fn api_answers(pipeline: &Pipeline) -> Vec<serde_json::Value> {
+    let config = topk_api::config::ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
+    let app = topk_api::app(topk_api::AppState::from_config(&config).expect("api state"));
+    let mut answers = Vec::new();
+    for user in 1..=25 {
+        let request = Request::get(format!("/v1/users/user-{user}/top-songs?limit=10"))
+            .body(Body::empty())
+            .unwrap();
+        let response = app.clone().oneshot(request).await.unwrap();
+        assert!(response.status().is_success(), "{}", response.status());
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        answers.push(serde_json::json!({"songs": body["songs"], "exact": body["exact"]}));
+    }
+    answers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_tables_are_rebuilt_from_the_archive() {
+    let pipeline = Pipeline::new("restore_from_archive", 3).await;
+    let mut spec = GeneratorSpec::new(30_000, Utc::now());
+    spec.seed = 61;
+    spec.users = 300;
+    spec.songs = 400;
+    spec.late_share = 0.4; // previous days get plays, so the rollup has days to roll up
+    let messages = generate(&spec);
+    pipeline.produce(&messages).await;
+    let mut aggregator = pipeline.start_aggregator("restore", &[]);
+    pipeline.wait_until_drained(Duration::from_secs(120)).await;
+    assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
+
+    let job = RollupJob::new(pipeline.clickhouse.client(), Utc::now());
+    let rolled = job.run(|_| {}).await.expect("rollup");
+    assert!(rolled.iter().any(|outcome| !outcome.failed()));
+
+    let counts_before = pipeline.minute_counts().await;
+    let daily_before = daily_top(&pipeline).await;
+    let answers_before = api_answers(&pipeline).await;
+    assert!(!daily_before.is_empty() && !counts_before.is_empty());
+
+    for table in ["plays_minute", "daily_top"] {
+        pipeline
+            .clickhouse
+            .client()
+            .query(&format!("TRUNCATE TABLE {table}"))
+            .execute()
+            .await
+            .expect("truncate");
+    }
+    assert!(pipeline.minute_counts().await.is_empty());
+
+    let reader = ArchiveReader::new(
+        stack::s3_client().await,
+        stack::s3_bucket(),
+        pipeline.archive_prefix(),
+    );
+    let window = topk_core::window::Window::last_week(Utc::now());
+    let request = RestoreRequest {
+        topic: pipeline.topic.clone(),
+        from: window.from.date_naive(),
+        to: window.today(),
+        dedup_horizon_ms: 600_000,
+    };
+    for attempt in 0..2 {
+        restore(&job, &pipeline.clickhouse, &reader, &request, |_| {})
+            .await
+            .unwrap_or_else(|error| panic!("restore attempt {attempt}: {error}"));
+        assert!(
+            pipeline.minute_counts().await == counts_before,
+            "minute counts after restore {attempt}"
+        );
+        assert!(
+            daily_top(&pipeline).await == daily_before,
+            "daily_top after restore {attempt}"
+        );
+        assert_eq!(
+            api_answers(&pipeline).await,
+            answers_before,
+            "API after restore {attempt}"
+        );
+    }
+}

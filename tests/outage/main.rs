@@ -1,0 +1,27 @@
+//! Outage tests: they stop and restart services of the shared local stack, so they live in
+//! their own test binary (cargo runs test binaries one after another, never beside `it`),
+//! and run one at a time (`--test-threads 1` is not needed: one lock serializes them).
+
+mod clickhouse_outage;
+mod s3_outage;
+
+use std::process::Command;
+use std::sync::OnceLock;
+
+/// Serializes the tests of this binary: each stops a service everyone needs.
+pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+        .lock()
+        .await
+}
+
+/// Runs `scripts/stack.sh ARGS` and panics if it fails.
+pub fn stack_script(args: &[&str]) {
+    let script = topk_tests::stack::repo_root().join("scripts/stack.sh");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
+    assert!(status.success(), "scripts/stack.sh {args:?} failed");
+}

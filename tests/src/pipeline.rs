@@ -1,0 +1,336 @@
+//! Driving the aggregator end to end: produce generated events, run `topk-aggregator`
+//! processes, wait until they drained the topic, and read back what they wrote.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use clickhouse::Row;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use serde::Deserialize;
+use topk_core::db::ClickHouseOptions;
+use topk_loadgen::generate::{GeneratedMessage, MinuteCounts};
+
+use crate::process::ChildProcess;
+use crate::stack;
+
+/// One test's pipeline: its database, topics and consumer group.
+#[derive(Debug, Clone)]
+pub struct Pipeline {
+    pub clickhouse: ClickHouseOptions,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub group: String,
+    pub partitions: i32,
+    /// The highest acknowledged offset per partition of everything produced so far.
+    produced: std::sync::Arc<std::sync::Mutex<HashMap<i32, i64>>>,
+}
+
+impl Pipeline {
+    pub async fn new(test_name: &str, partitions: i32) -> Self {
+        let clickhouse = stack::fresh_database(test_name).await;
+        let topic = stack::fresh_topic(test_name, partitions).await;
+        let dead_letter_topic = stack::fresh_topic(&format!("{test_name}_dlq"), 1).await;
+        Self {
+            clickhouse,
+            group: format!("{topic}-aggregators"),
+            topic,
+            dead_letter_topic,
+            partitions,
+            produced: Default::default(),
+        }
+    }
+
+    /// Arguments for `topk-aggregator` with a short flush interval and no metrics port.
+    pub fn aggregator_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = [
+            "--kafka-brokers",
+            &stack::kafka_brokers(),
+            "--plays-topic",
+            &self.topic,
+            "--dead-letter-topic",
+            &self.dead_letter_topic,
+            "--kafka-group-id",
+            &self.group,
+            "--clickhouse-url",
+            &self.clickhouse.clickhouse_url,
+            "--clickhouse-database",
+            &self.clickhouse.clickhouse_database,
+            "--flush-interval-ms",
+            "500",
+            "--metrics-listen",
+            "",
+            "--shutdown-timeout-ms",
+            "20000",
+            "--s3-endpoint",
+            &stack::setting("TOPK_S3_ENDPOINT", "http://127.0.0.1:13900"),
+            "--s3-region",
+            &stack::setting("TOPK_S3_REGION", "garage"),
+            "--s3-bucket",
+            &stack::s3_bucket(),
+            "--s3-force-path-style",
+            "true",
+            "--s3-prefix",
+            &self.archive_prefix(),
+        ]
+        .iter()
+        .map(|arg| (*arg).to_owned())
+        .collect();
+        args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+        args
+    }
+
+    /// The S3 prefix of this pipeline's raw-event archive (one per test run).
+    pub fn archive_prefix(&self) -> String {
+        format!("it/{}", self.topic)
+    }
+
+    pub fn start_aggregator(&self, label: &str, extra: &[&str]) -> ChildProcess {
+        let log_label = format!("{}-{label}", self.clickhouse.clickhouse_database);
+        let credentials = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+            .map(|name| (name.to_owned(), stack::setting(name, "")));
+        ChildProcess::start(
+            "topk-aggregator",
+            &log_label,
+            &self.aggregator_args(extra),
+            &credentials,
+        )
+    }
+
+    pub async fn produce(&self, messages: &[GeneratedMessage]) {
+        let producer = topk_loadgen::produce::producer(&stack::kafka_brokers()).expect("producer");
+        let last_offsets =
+            topk_loadgen::produce::produce_all(&producer, &self.topic, messages, 0, |_| {})
+                .await
+                .expect("produce generated events");
+        let mut produced = self.produced.lock().expect("produced offsets");
+        for (partition, offset) in last_offsets {
+            let last = produced.entry(partition).or_insert(offset);
+            *last = (*last).max(offset);
+        }
+    }
+
+    /// The end offset (last acknowledged + 1) of every partition produced to. Taken from the
+    /// producer's acknowledgements: tansu's watermark answers were seen to lag behind.
+    pub fn end_offsets(&self) -> HashMap<i32, i64> {
+        let produced = self.produced.lock().expect("produced offsets");
+        (0..self.partitions)
+            .map(|partition| {
+                (
+                    partition,
+                    produced.get(&partition).map_or(0, |last| last + 1),
+                )
+            })
+            .collect()
+    }
+
+    /// The last checkpointed offset of each partition.
+    pub async fn checkpoints(&self) -> HashMap<i32, i64> {
+        #[derive(Row, Deserialize)]
+        struct Latest {
+            kafka_partition: u32,
+            flush_offset: u64,
+        }
+        let rows: Vec<Latest> = self
+            .clickhouse
+            .client()
+            .query(
+                "SELECT kafka_partition, max(flush_offset) AS flush_offset FROM ingest_checkpoints \
+                 WHERE topic = ? GROUP BY kafka_partition",
+            )
+            .bind(&self.topic)
+            .fetch_all()
+            .await
+            .unwrap_or_default();
+        rows.into_iter()
+            .map(|row| (row.kafka_partition as i32, row.flush_offset as i64))
+            .collect()
+    }
+
+    /// Waits until the checkpoints moved past `before` (some flush of a running aggregator
+    /// landed). Panics after `timeout`.
+    pub async fn wait_for_progress(&self, before: &HashMap<i32, i64>, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.checkpoints().await;
+            if now
+                .iter()
+                .any(|(partition, offset)| before.get(partition).is_none_or(|old| offset > old))
+            {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no flush within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until every produced offset is checkpointed. Panics after `timeout`.
+    pub async fn wait_until_drained(&self, timeout: Duration) {
+        let ends = self.end_offsets();
+        let deadline = Instant::now() + timeout;
+        loop {
+            let checkpoints = self.checkpoints().await;
+            let drained = ends.iter().all(|(partition, end)| {
+                *end == 0
+                    || checkpoints
+                        .get(partition)
+                        .is_some_and(|done| done + 1 >= *end)
+            });
+            if drained {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not drained after {timeout:?}: end offsets {ends:?}, checkpoints {checkpoints:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// Per-(user, song, minute) sums in ClickHouse, read once the table's background merges
+    /// are done: ClickHouse 18.16 was seen to leave parts out of a SELECT for a moment while
+    /// it merged parts rewritten by a delete mutation (the aggregator's repair); the rows are
+    /// there, and the same query a few seconds later sees them.
+    pub async fn minute_counts(&self) -> MinuteCounts {
+        let client = self.clickhouse.client();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let merging: u64 = client
+                .query("SELECT count() FROM system.merges WHERE database = currentDatabase()")
+                .fetch_one()
+                .await
+                .expect("read system.merges");
+            if merging == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        #[derive(Row, Deserialize)]
+        struct Sum {
+            user_id: String,
+            song_id: String,
+            minute: u32,
+            plays: u64,
+        }
+        let rows: Vec<Sum> = self
+            .clickhouse
+            .client()
+            .query(
+                "SELECT user_id, song_id, toUInt32(minute) AS minute, sum(plays) AS plays \
+                 FROM plays_minute GROUP BY user_id, song_id, minute",
+            )
+            .fetch_all()
+            .await
+            .expect("read minute sums");
+        rows.into_iter()
+            .map(|row| ((row.user_id, row.song_id, i64::from(row.minute)), row.plays))
+            .collect()
+    }
+
+    /// Every message on the dead-letter topic: payload and headers.
+    pub fn dead_letters(&self, expected: usize, timeout: Duration) -> Vec<DeadLetter> {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", stack::kafka_brokers())
+            .set("group.id", format!("{}-reader", self.dead_letter_topic))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("consumer");
+        consumer
+            .subscribe(&[&self.dead_letter_topic])
+            .expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        let mut letters = Vec::new();
+        // Read until `expected` arrived and then a quiet second, to catch extras too.
+        let mut quiet_since = Instant::now();
+        while Instant::now() < deadline {
+            match consumer.poll(Duration::from_millis(200)) {
+                Some(Ok(message)) => {
+                    quiet_since = Instant::now();
+                    let headers = message.headers().map_or_else(HashMap::new, |headers| {
+                        headers
+                            .iter()
+                            .map(|header| {
+                                let value = header
+                                    .value
+                                    .map(|v| String::from_utf8_lossy(v).into_owned());
+                                (header.key.to_owned(), value.unwrap_or_default())
+                            })
+                            .collect()
+                    });
+                    letters.push(DeadLetter {
+                        payload: message.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    });
+                }
+                Some(Err(error)) => panic!("reading dead letters: {error}"),
+                None if letters.len() >= expected
+                    && quiet_since.elapsed() > Duration::from_secs(1) =>
+                {
+                    break
+                }
+                None => {}
+            }
+        }
+        letters
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub payload: Vec<u8>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Pipeline {
+    /// Asserts ClickHouse's per-minute sums equal `expected`, showing the differences and
+    /// the aggregator's last log lines otherwise.
+    pub async fn assert_counts_equal(&self, expected: &MinuteCounts, aggregator: &ChildProcess) {
+        let actual = self.minute_counts().await;
+        if *expected == actual {
+            return;
+        }
+        panic!(
+            "{}\n{}",
+            count_difference(expected, &actual),
+            aggregator.log_tail(30)
+        );
+    }
+}
+
+/// Waits `duration`, asserting every half second that the aggregator still runs.
+pub async fn assert_keeps_running(aggregator: &mut ChildProcess, duration: Duration) {
+    let started = Instant::now();
+    while started.elapsed() < duration {
+        assert!(
+            aggregator.is_running(),
+            "aggregator exited:\n{}",
+            aggregator.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Describes how two count tables differ, for assertion messages (first few keys).
+pub fn count_difference(expected: &MinuteCounts, actual: &MinuteCounts) -> String {
+    let mut lines = Vec::new();
+    for (key, want) in expected {
+        let got = actual.get(key).copied().unwrap_or(0);
+        if got != *want {
+            lines.push(format!("{key:?}: expected {want}, got {got}"));
+        }
+    }
+    for (key, got) in actual {
+        if !expected.contains_key(key) {
+            lines.push(format!("{key:?}: expected 0, got {got}"));
+        }
+    }
+    let total_expected: u64 = expected.values().sum();
+    let total_actual: u64 = actual.values().sum();
+    format!(
+        "{} keys differ (total plays expected {total_expected}, got {total_actual}); first: {}",
+        lines.len(),
+        lines.into_iter().take(5).collect::<Vec<_>>().join("; ")
+    )
+}

@@ -1,0 +1,120 @@
+//! The project's binaries as child processes, for tests that kill and restart them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The path of a workspace binary next to the running test executable
+/// (`target/debug/deps/it-…` → `target/debug/NAME`). `scripts/test.sh` builds them first
+/// with `cargo build --workspace --bins`.
+pub fn binary_path(name: &str) -> PathBuf {
+    let test_exe = std::env::current_exe().expect("test executable path");
+    let profile_dir = test_exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("test executable lives in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        path.display()
+    );
+    path
+}
+
+/// A running child process, killed when dropped so no test leaves strays.
+pub struct ChildProcess {
+    pub name: String,
+    child: Child,
+    pub log_path: PathBuf,
+}
+
+impl ChildProcess {
+    /// Starts `binary` with `args` and extra `env`, output appended to a log file.
+    pub fn start(binary: &str, label: &str, args: &[String], env: &[(String, String)]) -> Self {
+        let log_dir = std::env::temp_dir().join("topk-tests");
+        std::fs::create_dir_all(&log_dir).expect("log dir");
+        let log_path = log_dir.join(format!("{label}.log"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .expect("log file");
+        let child = Command::new(binary_path(binary))
+            .args(args)
+            .envs(env.iter().map(|(key, value)| (key, value)))
+            .env("RUST_LOG", "info,rdkafka=warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("starting {binary}: {error}"));
+        Self {
+            name: label.to_owned(),
+            child,
+            log_path,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL: no chance to flush or commit.
+    pub fn kill_hard(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits up to `timeout` for the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        self.wait_for_exit(timeout)
+    }
+
+    pub fn wait_for_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Resident memory in bytes (Linux /proc), if the process still runs.
+    pub fn resident_bytes(&self) -> Option<u64> {
+        resident_bytes_of(self.child.id())
+    }
+
+    /// The last lines of the process's log, for assertion messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        if self.is_running() {
+            self.kill_hard();
+        }
+    }
+}
+
+/// Resident memory of a process in bytes (Linux /proc), if it runs.
+pub fn resident_bytes_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}

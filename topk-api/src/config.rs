@@ -1,0 +1,173 @@
+//! The API's options: file (`--config`), then env, then flags.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+use serde::{Deserialize, Serialize};
+use topk_core::db::ClickHouseOptions;
+
+/// HTTP API: each user's top songs of the last 7 days.
+#[derive(Debug, Clone, Parser, Serialize, Deserialize)]
+#[command(name = "topk-api", version, about, long_about = None)]
+pub struct ApiConfig {
+    /// TOML file with any of the options below (flat keys, e.g. `listen = "..."`);
+    /// env vars and flags override it.
+    #[arg(long, env = "TOPK_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Address to listen on.
+    #[arg(long, env = "TOPK_API_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Longest a request waits for ClickHouse before it is answered 503 (milliseconds).
+    #[arg(long, env = "TOPK_API_QUERY_TIMEOUT_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub query_timeout_ms: u64,
+    /// Top-songs requests served at once; requests beyond it get an immediate 503 with
+    /// `Retry-After` instead of waiting in a queue.
+    #[arg(long, env = "TOPK_API_MAX_CONCURRENT_REQUESTS", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_requests: u32,
+    /// How long the set of rolled-up days read from `rollup_progress` is reused
+    /// (milliseconds; 0 reads it on every request, a second query per request).
+    #[arg(long, env = "TOPK_API_ROLLED_DAYS_CACHE_MS", default_value_t = 5000)]
+    pub rolled_days_cache_ms: u64,
+    /// Who may read what: `off` (anyone reads anyone; local use only), `hs256` (JWT signed
+    /// with a shared secret) or `rs256` (JWT signed with an RSA key; the server holds the
+    /// public key).
+    #[arg(long, env = "TOPK_API_AUTH_MODE", value_enum, default_value_t = AuthMode::Off)]
+    pub auth_mode: AuthMode,
+    // The four options below are strings whose empty default means "unset" (not `Option`), so
+    // that the config file can set them: the file may only set options that have a default.
+    /// The HS256 shared secret (auth_mode = hs256).
+    #[arg(
+        long,
+        env = "TOPK_API_JWT_HS256_SECRET",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true
+    )]
+    pub jwt_hs256_secret: String,
+    /// PEM file with the RSA public key that verifies RS256 tokens (auth_mode = rs256).
+    #[arg(
+        long,
+        env = "TOPK_API_JWT_RS256_PUBLIC_KEY_FILE",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub jwt_rs256_public_key_file: String,
+    /// When set, a token's `iss` must equal it.
+    #[arg(
+        long,
+        env = "TOPK_API_JWT_ISSUER",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub jwt_issuer: String,
+    /// When set, a token's `aud` must contain it.
+    #[arg(
+        long,
+        env = "TOPK_API_JWT_AUDIENCE",
+        default_value = "",
+        hide_default_value = true
+    )]
+    pub jwt_audience: String,
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub clickhouse: ClickHouseOptions,
+}
+
+/// How callers are authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    Off,
+    Hs256,
+    Rs256,
+}
+
+impl ApiConfig {
+    /// The defaults (and whatever `TOPK_*` env vars are set) with `clickhouse` as the database:
+    /// a starting point for tests and benchmarks that then set the fields they need.
+    pub fn with_clickhouse(clickhouse: ClickHouseOptions) -> Self {
+        let mut config = Self::parse_from(["topk-api"]);
+        config.clickhouse = clickhouse;
+        config
+    }
+
+    pub fn query_timeout(&self) -> Duration {
+        Duration::from_millis(self.query_timeout_ms)
+    }
+
+    pub fn rolled_days_cache(&self) -> Duration {
+        Duration::from_millis(self.rolled_days_cache_ms)
+    }
+
+    pub fn jwt_issuer(&self) -> Option<&str> {
+        non_empty(&self.jwt_issuer)
+    }
+
+    pub fn jwt_audience(&self) -> Option<&str> {
+        non_empty(&self.jwt_audience)
+    }
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    Some(text).filter(|text| !text.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use topk_core::config::load_from;
+
+    #[test]
+    fn defaults_are_local_and_unauthenticated() {
+        let config: ApiConfig = load_from(["topk-api"]).unwrap();
+        assert_eq!(config.auth_mode, AuthMode::Off);
+        assert_eq!(config.query_timeout(), Duration::from_secs(2));
+        assert_eq!(config.rolled_days_cache(), Duration::from_secs(5));
+        assert!(config.max_concurrent_requests >= 1);
+    }
+
+    #[test]
+    fn file_sets_options_and_flags_win() {
+        let path =
+            std::env::temp_dir().join(format!("topk-api-config-{}.toml", std::process::id()));
+        std::fs::write(
+            &path,
+            "auth_mode = \"hs256\"\njwt_hs256_secret = \"s3cret\"\njwt_issuer = \"idp\"\nquery_timeout_ms = 750\n",
+        )
+        .unwrap();
+        let config: ApiConfig = load_from([
+            "topk-api",
+            "--config",
+            path.to_str().unwrap(),
+            "--query-timeout-ms",
+            "900",
+        ])
+        .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(config.auth_mode, AuthMode::Hs256);
+        assert_eq!(config.jwt_hs256_secret, "s3cret");
+        assert_eq!(config.jwt_issuer(), Some("idp"));
+        assert_eq!(config.jwt_audience(), None);
+        assert_eq!(config.query_timeout_ms, 900);
+    }
+
+    #[test]
+    fn example_config_loads_with_auth_on() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/topk-api.example.toml");
+        let config: ApiConfig = load_from(["topk-api", "--config", path]).unwrap();
+        assert_eq!(config.auth_mode, AuthMode::Rs256);
+        assert_eq!(config.jwt_audience(), Some("topk-api"));
+    }
+
+    #[test]
+    fn zero_timeout_and_zero_concurrency_are_rejected() {
+        assert!(load_from::<ApiConfig, _, _>(["topk-api", "--query-timeout-ms", "0"]).is_err());
+        assert!(
+            load_from::<ApiConfig, _, _>(["topk-api", "--max-concurrent-requests", "0"]).is_err()
+        );
+        assert!(load_from::<ApiConfig, _, _>(["topk-api", "--auth-mode", "none"]).is_err());
+    }
+}

@@ -1,0 +1,140 @@
+//! The OpenAPI 3.0 description of the API, served at `/openapi.json`. Written by hand (the API
+//! is small); the tests check it lists every route the router serves.
+
+use serde_json::{json, Value};
+
+use crate::routes::{DEFAULT_LIMIT, MAX_LIMIT};
+
+/// Every path the router serves, as written in the document.
+pub const PATHS: [&str; 6] = [
+    "/v1/users/{user_id}/top-songs",
+    "/v1/me/top-songs",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/openapi.json",
+];
+
+fn error_response(description: &str) -> Value {
+    json!({
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
+    let mut parameters = vec![json!({
+        "name": "limit",
+        "in": "query",
+        "required": false,
+        "description": "How many songs to list.",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
+    })];
+    if with_user_id {
+        parameters.insert(
+            0,
+            json!({
+                "name": "user_id",
+                "in": "path",
+                "required": true,
+                "description": "1 to 128 bytes, no control characters.",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128}
+            }),
+        );
+    }
+    json!({
+        "summary": summary,
+        "security": [{}, {"bearer": []}],
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "The top songs of the window: plays descending, then song_id ascending.",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TopSongs"}}}
+            },
+            "400": error_response("Bad user id, limit or query parameter"),
+            "401": error_response("Missing or invalid token (auth on)"),
+            "403": error_response("The token may not read this user"),
+            "503": error_response("ClickHouse unavailable or slow, or too many requests in flight; see Retry-After"),
+        }
+    })
+}
+
+pub fn document() -> Value {
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "topk-api",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Each user's top songs of the last 7 days: today (UTC, up to now) plus the 6 previous full UTC days."
+        },
+        "paths": {
+            (PATHS[0]): {"get": top_songs_operation("A user's top songs of the last 7 days", true)},
+            (PATHS[1]): {"get": top_songs_operation("The token's own user's top songs (auth on)", false)},
+            (PATHS[2]): {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
+            (PATHS[3]): {"get": {
+                "summary": "ClickHouse answers and the schema is at the expected migration",
+                "responses": {"200": {"description": "ready"}, "503": error_response("Not ready")}
+            }},
+            (PATHS[4]): {"get": {
+                "summary": "Prometheus metrics",
+                "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}
+            }},
+            (PATHS[5]): {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}},
+        },
+        "components": {
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "schemas": {
+                "TopSongs": {
+                    "type": "object",
+                    "required": ["user_id", "window", "generated_at", "songs", "exact"],
+                    "properties": {
+                        "user_id": {"type": "string"},
+                        "window": {
+                            "type": "object",
+                            "required": ["from", "to"],
+                            "properties": {
+                                "from": {"type": "string", "format": "date-time", "description": "Midnight UTC starting the oldest day"},
+                                "to": {"type": "string", "format": "date-time", "description": "Now"}
+                            }
+                        },
+                        "generated_at": {"type": "string", "format": "date-time"},
+                        "songs": {"type": "array", "items": {
+                            "type": "object",
+                            "required": ["rank", "song_id", "plays"],
+                            "properties": {
+                                "rank": {"type": "integer", "minimum": 1},
+                                "song_id": {"type": "string"},
+                                "plays": {"type": "integer", "minimum": 1}
+                            }
+                        }},
+                        "exact": {"type": "boolean", "description": "True only when the list and its counts are provably those of the untruncated counts"}
+                    }
+                },
+                "Error": {
+                    "type": "object",
+                    "required": ["error"],
+                    "properties": {"error": {
+                        "type": "object",
+                        "required": ["code", "message"],
+                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
+                    }}
+                }
+            }
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn document_lists_every_path_with_a_get() {
+        let document = document();
+        let paths = document["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), PATHS.len());
+        for path in PATHS {
+            assert!(paths[path]["get"]["responses"]["200"].is_object(), "{path}");
+        }
+    }
+}

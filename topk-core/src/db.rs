@@ -1,0 +1,82 @@
+//! ClickHouse access: connection options shared by every binary and client construction.
+//!
+//! Every statement the project issues must run on ClickHouse 18.16 (the local test server)
+//! and on current releases (production). The official client's schema validation needs
+//! `RowBinaryWithNamesAndTypes`, which 18.16 lacks, so it is switched off here, once.
+
+use std::time::Duration;
+
+use clap::Args;
+use serde::{Deserialize, Serialize};
+
+/// ClickHouse connection options, flattened into each binary's config.
+#[derive(Debug, Clone, Args, Serialize, Deserialize)]
+pub struct ClickHouseOptions {
+    /// ClickHouse HTTP endpoint.
+    #[arg(
+        long,
+        env = "TOPK_CLICKHOUSE_URL",
+        default_value = "http://127.0.0.1:8123"
+    )]
+    pub clickhouse_url: String,
+    /// Database holding the topk tables.
+    #[arg(long, env = "TOPK_CLICKHOUSE_DATABASE", default_value = "topk")]
+    pub clickhouse_database: String,
+    /// ClickHouse user.
+    #[arg(long, env = "TOPK_CLICKHOUSE_USER", default_value = "default")]
+    pub clickhouse_user: String,
+    /// ClickHouse password.
+    #[arg(
+        long,
+        env = "TOPK_CLICKHOUSE_PASSWORD",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub clickhouse_password: String,
+}
+
+impl ClickHouseOptions {
+    pub fn new(url: impl Into<String>, database: impl Into<String>) -> Self {
+        Self {
+            clickhouse_url: url.into(),
+            clickhouse_database: database.into(),
+            clickhouse_user: "default".to_owned(),
+            clickhouse_password: String::new(),
+        }
+    }
+
+    /// A client bound to the topk database.
+    pub fn client(&self) -> clickhouse::Client {
+        self.server_client()
+            .with_database(&self.clickhouse_database)
+    }
+
+    /// A client bound to no particular database (for `CREATE DATABASE`).
+    pub fn server_client(&self) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.clickhouse_url)
+            .with_user(&self.clickhouse_user)
+            .with_password(&self.clickhouse_password)
+            .with_validation(false)
+    }
+}
+
+/// Answers whether the server accepts queries.
+pub async fn ping(client: &clickhouse::Client) -> Result<(), clickhouse::error::Error> {
+    client.query("SELECT 1").fetch_one::<u8>().await.map(|_| ())
+}
+
+/// Waits until the server answers, polling every 200 ms, for at most `timeout`.
+pub async fn wait_until_ready(
+    client: &clickhouse::Client,
+    timeout: Duration,
+) -> Result<(), clickhouse::error::Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match ping(client).await {
+            Ok(()) => return Ok(()),
+            Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}

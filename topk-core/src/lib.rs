@@ -1,0 +1,19 @@
+//! What the three topk binaries (`topk-aggregator`, `topk-rollup`, `topk-api`) share.
+//!
+//! - [`event`]: the play-event contract and its validation.
+//! - [`window`]: minute buckets, UTC days and the 7-day window.
+//! - [`schema`]: table names and the row types written to and read from ClickHouse.
+//! - [`dedup`]: the duplicate filter (same `event_id` within a horizon counts once).
+//! - [`db`]: ClickHouse connection options and client construction.
+//! - [`migrate`]: the versioned SQL migrations in `sql/` and the runner that applies them.
+//! - [`config`]: layered configuration (file, then env, then flags).
+//! - [`telemetry`]: tracing and Prometheus metrics setup shared by every binary.
+
+pub mod config;
+pub mod db;
+pub mod dedup;
+pub mod event;
+pub mod migrate;
+pub mod schema;
+pub mod telemetry;
+pub mod window;

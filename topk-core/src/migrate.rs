@@ -1,0 +1,273 @@
+//! Versioned schema migrations: the files in `sql/`, applied in order and recorded in
+//! `schema_migrations`.
+//!
+//! Every statement is written to be re-runnable (`IF NOT EXISTS`), because ClickHouse has no
+//! DDL transactions: a crash between applying a file and recording it is repaired by applying
+//! it again. An applied file whose text later changed is an error, never silently skipped.
+
+use std::collections::BTreeMap;
+
+use clickhouse::Row;
+use serde::{Deserialize, Serialize};
+
+use crate::db::ClickHouseOptions;
+use crate::schema::SCHEMA_MIGRATIONS;
+
+/// One migration file.
+#[derive(Debug, Clone, Copy)]
+pub struct Migration {
+    pub version: u32,
+    pub name: &'static str,
+    pub sql: &'static str,
+}
+
+/// Every migration, in version order. Add new files at the end; never edit an applied one.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_minute_plays.sql",
+        sql: include_str!("../../sql/0001_minute_plays.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_daily_top.sql",
+        sql: include_str!("../../sql/0002_daily_top.sql"),
+    },
+];
+
+/// The schema version this build expects (the API's `/readyz` checks it).
+pub fn latest_version() -> u32 {
+    MIGRATIONS.last().map_or(0, |migration| migration.version)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error("clickhouse: {0}")]
+    ClickHouse(#[from] clickhouse::error::Error),
+    #[error("migration {version} ({name}) failed at statement {statement_index}: {source}")]
+    Statement {
+        version: u32,
+        name: &'static str,
+        statement_index: usize,
+        source: clickhouse::error::Error,
+    },
+    #[error(
+        "migration {version} ({name}) was applied with checksum {applied} but the file now has \
+         {current}: applied migrations must not be edited, add a new one"
+    )]
+    ChecksumMismatch {
+        version: u32,
+        name: &'static str,
+        applied: String,
+        current: String,
+    },
+}
+
+#[derive(Debug, Row, Serialize, Deserialize)]
+struct AppliedMigration {
+    version: u32,
+    name: String,
+    checksum: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    applied_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What a run of [`migrate`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationReport {
+    pub applied: Vec<u32>,
+    pub already_applied: Vec<u32>,
+}
+
+/// Creates the database if needed and applies every migration not yet recorded.
+pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, MigrateError> {
+    // The database name cannot be a bind parameter in DDL; it comes from the operator's config,
+    // never from a request, and is quoted as an identifier.
+    options
+        .server_client()
+        .query(&format!(
+            "CREATE DATABASE IF NOT EXISTS {}",
+            quote_identifier(&options.clickhouse_database)
+        ))
+        .execute()
+        .await?;
+    let client = options.client();
+    client
+        .query(&format!(
+            "CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS} (version UInt32, name String, \
+             checksum String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY version"
+        ))
+        .execute()
+        .await?;
+    let applied = applied_checksums(&client).await?;
+    let mut report = MigrationReport {
+        applied: Vec::new(),
+        already_applied: Vec::new(),
+    };
+    for migration in MIGRATIONS {
+        let current = checksum(migration.sql);
+        if let Some(applied_checksum) = applied.get(&migration.version) {
+            if *applied_checksum != current {
+                return Err(MigrateError::ChecksumMismatch {
+                    version: migration.version,
+                    name: migration.name,
+                    applied: applied_checksum.clone(),
+                    current,
+                });
+            }
+            report.already_applied.push(migration.version);
+            continue;
+        }
+        for (statement_index, statement) in statements(migration.sql).iter().enumerate() {
+            client
+                .query(statement)
+                .execute()
+                .await
+                .map_err(|source| MigrateError::Statement {
+                    version: migration.version,
+                    name: migration.name,
+                    statement_index,
+                    source,
+                })?;
+        }
+        let mut insert = client.insert::<AppliedMigration>(SCHEMA_MIGRATIONS).await?;
+        insert
+            .write(&AppliedMigration {
+                version: migration.version,
+                name: migration.name.to_owned(),
+                checksum: current,
+                applied_at: chrono::Utc::now(),
+            })
+            .await?;
+        insert.end().await?;
+        tracing::info!(
+            version = migration.version,
+            name = migration.name,
+            "migration applied"
+        );
+        report.applied.push(migration.version);
+    }
+    Ok(report)
+}
+
+/// The highest applied version, or `None` when the schema table is missing or empty.
+pub async fn applied_version(
+    client: &clickhouse::Client,
+) -> Result<Option<u32>, clickhouse::error::Error> {
+    Ok(applied_checksums(client).await?.keys().next_back().copied())
+}
+
+async fn applied_checksums(
+    client: &clickhouse::Client,
+) -> Result<BTreeMap<u32, String>, clickhouse::error::Error> {
+    // `exists` keeps this usable on a database that was never migrated.
+    let table_exists: u8 = client
+        .query("EXISTS TABLE schema_migrations")
+        .fetch_one()
+        .await?;
+    if table_exists == 0 {
+        return Ok(BTreeMap::new());
+    }
+    let rows: Vec<AppliedMigration> = client
+        .query("SELECT ?fields FROM schema_migrations ORDER BY version, applied_at")
+        .fetch_all()
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|row| (row.version, row.checksum))
+        .collect())
+}
+
+/// Splits a migration file into statements: `;` at the end of a line ends one; `--` lines
+/// are comments. (No statement of ours has a `;` inside a string.)
+pub fn statements(sql: &str) -> Vec<String> {
+    let mut result = Vec::new();
+    let mut current = String::new();
+    for line in sql.lines() {
+        let trimmed = line.trim();
+        if trimmed.starts_with("--") || trimmed.is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        current.push('\n');
+        if trimmed.ends_with(';') {
+            let statement = current.trim().trim_end_matches(';').trim().to_owned();
+            result.push(statement);
+            current.clear();
+        }
+    }
+    let rest = current.trim();
+    if !rest.is_empty() {
+        result.push(rest.to_owned());
+    }
+    result
+}
+
+/// FNV-1a 64 of the file text, hex: enough to notice an edited migration.
+pub fn checksum(sql: &str) -> String {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in sql.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{hash:016x}")
+}
+
+/// Quotes a ClickHouse identifier with backticks.
+pub fn quote_identifier(name: &str) -> String {
+    format!("`{}`", name.replace('\\', "\\\\").replace('`', "\\`"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splits_statements_and_drops_comments() {
+        let sql = "-- a comment\nCREATE TABLE a (x UInt8)\nENGINE = Memory;\n\n-- b\nSELECT 1;\n";
+        assert_eq!(
+            statements(sql),
+            vec!["CREATE TABLE a (x UInt8)\nENGINE = Memory", "SELECT 1"]
+        );
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_and_named_after_their_version() {
+        for (index, migration) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(migration.version as usize, index + 1);
+            assert!(migration
+                .name
+                .starts_with(&format!("{:04}_", migration.version)));
+            assert!(!statements(migration.sql).is_empty());
+        }
+    }
+
+    #[test]
+    fn every_migration_file_is_listed() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../sql");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".sql"))
+            .collect();
+        on_disk.sort();
+        let listed: Vec<String> = MIGRATIONS.iter().map(|m| m.name.to_owned()).collect();
+        assert_eq!(on_disk, listed);
+    }
+
+    #[test]
+    fn statements_avoid_features_missing_on_clickhouse_18() {
+        for migration in MIGRATIONS {
+            let upper = migration.sql.to_uppercase();
+            for banned in ["TTL", "LOWCARDINALITY", "DATETIME64", "MAP(", "CODEC("] {
+                assert!(!upper.contains(banned), "{} uses {banned}", migration.name);
+            }
+        }
+    }
+
+    #[test]
+    fn identifiers_are_quoted() {
+        assert_eq!(quote_identifier("topk"), "`topk`");
+        assert_eq!(quote_identifier("a`b"), "`a\\`b`");
+    }
+}
