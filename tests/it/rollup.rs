@@ -445,6 +445,8 @@ async fn run_killed_with_sigkill_then_rerun_equals_an_uninterrupted_run() {
     let uninterrupted = stack::fresh_database("rollup_sigkill_reference").await;
     let rows = generate(5, (0..8).map(day), 1_500);
     insert(&uninterrupted.client(), &rows).await;
+    // Build (or find) the binary first: the timed run below sets the kill delays.
+    rollup_binary();
     let started = Instant::now();
     let status = rollup_command(&uninterrupted, &run_args)
         .status()
