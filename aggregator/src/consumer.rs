@@ -42,6 +42,8 @@ pub struct AggregatorContext {
     revoke_timeout: Duration,
     max_backoff: Duration,
     fatal: std::sync::Mutex<Option<String>>,
+    /// The next offset to hand to the shards, per partition, since the last rebalance.
+    positions: std::sync::Mutex<HashMap<i32, i64>>,
 }
 
 impl ClientContext for AggregatorContext {
@@ -64,6 +66,10 @@ impl ConsumerContext for AggregatorContext {
         error: RDKafkaRespErr,
         partitions: &mut TopicPartitionList,
     ) {
+        // Positions start again from what this rebalance sets.
+        if let Ok(mut positions) = self.positions.lock() {
+            positions.clear();
+        }
         match error {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => {
                 match self.prepare_assignment(partitions) {
@@ -95,6 +101,13 @@ impl AggregatorContext {
         tracing::error!(%message, "fatal");
         if let Ok(mut fatal) = self.fatal.lock() {
             fatal.get_or_insert(message);
+        }
+    }
+
+    /// Records that the record at `offset` was handed to the shards.
+    fn advance(&self, partition: i32, offset: i64) {
+        if let Ok(mut positions) = self.positions.lock() {
+            positions.insert(partition, offset + 1);
         }
     }
 
@@ -230,6 +243,7 @@ impl Poller {
             revoke_timeout: config.shutdown_timeout(),
             max_backoff: config.max_retry_backoff(),
             fatal: std::sync::Mutex::new(None),
+            positions: std::sync::Mutex::new(HashMap::new()),
         };
         let mut client_config = ClientConfig::new();
         client_config
@@ -283,6 +297,9 @@ impl Poller {
             while polled < BATCH_SIZE * self.shards.len() {
                 match self.consumer.poll(timeout) {
                     Some(Ok(message)) => {
+                        self.consumer
+                            .context()
+                            .advance(message.partition(), message.offset());
                         let shard = shard_of(message.partition(), self.shards.len());
                         batches[shard].push(ConsumedRecord::from_message(&message));
                         polled += 1;
@@ -358,11 +375,37 @@ impl Poller {
                 used_bytes = used,
                 "memory below budget, resuming consumption"
             );
-            let _ = self.consumer.resume(&assignment);
+            self.resume_at_positions(&assignment);
             metrics::paused(false);
             return false;
         }
         paused
+    }
+
+    /// Resumes, then seeks every partition to the offset after the last record handed to
+    /// the shards: the pause dropped what librdkafka had prefetched, and fetching must go on
+    /// exactly there, never further on.
+    fn resume_at_positions(&self, assignment: &TopicPartitionList) {
+        if let Err(error) = self.consumer.resume(assignment) {
+            tracing::warn!(%error, "resuming after the pause failed");
+        }
+        let positions = self
+            .consumer
+            .context()
+            .positions
+            .lock()
+            .map(|positions| positions.clone())
+            .unwrap_or_default();
+        for (partition, next_offset) in positions {
+            if let Err(error) = self.consumer.seek(
+                &self.topic,
+                partition,
+                Offset::Offset(next_offset),
+                Duration::from_secs(10),
+            ) {
+                tracing::warn!(partition, next_offset, %error, "seek after resume failed");
+            }
+        }
     }
 
     fn commit_checkpointed(&self, mode: CommitMode) {

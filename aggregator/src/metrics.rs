@@ -7,6 +7,7 @@
 //! - `topk_aggregator_buffer_rows`, `topk_aggregator_buffer_bytes`: per shard
 //! - `topk_aggregator_consumer_lag{partition}`: from librdkafka statistics
 //! - `topk_aggregator_paused`: 1 while consumption is paused by the memory budget
+//! - `topk_aggregator_offset_gaps_total`: records skipped by the consumer (should stay 0)
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;

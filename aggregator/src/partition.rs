@@ -104,6 +104,19 @@ impl PartitionState {
         {
             return Outcome::Skipped;
         }
+        if let Some(processed) = self.processed_through {
+            if record.offset() > processed + 1 {
+                // Legitimate on compacted or transactional topics; on the plays topic it
+                // means records were skipped, so it is logged and counted.
+                tracing::warn!(
+                    partition = self.partition,
+                    after = processed,
+                    next = record.offset(),
+                    "gap in offsets"
+                );
+                metrics::counter!("topk_aggregator_offset_gaps_total").increment(1);
+            }
+        }
         self.processed_through = Some(record.offset());
         let parsed = parse_play_event(&record.raw.payload, window);
         let replaying = self

@@ -4,12 +4,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use chrono::{Days, Utc};
+use chrono::Utc;
 use topk_archive::reader::plan_partitions;
-use topk_archive::ArchiveReader;
 use topk_loadgen::generate::{generate, GeneratorSpec, Truth};
 use topk_tests::pipeline::Pipeline;
-use topk_tests::stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn archive_holds_every_consumed_offset_once_and_malformed_payloads_verbatim() {
@@ -24,15 +22,7 @@ async fn archive_holds_every_consumed_offset_once_and_malformed_payloads_verbati
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
 
-    let reader = ArchiveReader::new(
-        stack::s3_client().await,
-        stack::s3_bucket(),
-        pipeline.archive_prefix(),
-    );
-    let today = Utc::now().date_naive();
-    let dates = today.checked_sub_days(Days::new(1)).unwrap()
-        ..=today.checked_add_days(Days::new(1)).unwrap();
-    let segments = reader.list_segments(&pipeline.topic, dates).await.unwrap();
+    let (reader, segments) = pipeline.archive_segments().await;
     assert!(
         !segments.is_empty(),
         "no segment under {}",

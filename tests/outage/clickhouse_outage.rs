@@ -33,7 +33,7 @@ async fn clickhouse_outage_of_30_seconds_loses_nothing_and_stays_under_the_memor
             "2000",
         ],
     );
-    pipeline.produce(before).await;
+    pipeline.produce_unbatched(before).await;
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
 
     // Resident memory is sampled from the outage until the backlog is flushed.
@@ -52,7 +52,7 @@ async fn clickhouse_outage_of_30_seconds_loses_nothing_and_stays_under_the_memor
     });
     crate::stack_script(&["down", "clickhouse"]);
     let outage_started = Instant::now();
-    pipeline.produce(during).await;
+    pipeline.produce_unbatched(during).await;
     assert_keeps_running(
         &mut aggregator,
         Duration::from_secs(30).saturating_sub(outage_started.elapsed()),

@@ -5,11 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use chrono::{Days, Utc};
-use topk_archive::ArchiveReader;
+use chrono::Utc;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::{assert_keeps_running, Pipeline};
-use topk_tests::stack;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_outage_of_30_seconds_loses_nothing_from_archive_or_counts() {
@@ -23,13 +21,13 @@ async fn s3_outage_of_30_seconds_loses_nothing_from_archive_or_counts() {
 
     let mut aggregator =
         pipeline.start_aggregator("outage-s3", &["--max-retry-backoff-ms", "2000"]);
-    pipeline.produce(before).await;
+    pipeline.produce_unbatched(before).await;
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     let checkpoints_before = pipeline.checkpoints().await;
 
     crate::stack_script(&["down", "s3"]);
     let outage_started = Instant::now();
-    pipeline.produce(during).await;
+    pipeline.produce_unbatched(during).await;
     assert_keeps_running(
         &mut aggregator,
         Duration::from_secs(30).saturating_sub(outage_started.elapsed()),
@@ -47,15 +45,7 @@ async fn s3_outage_of_30_seconds_loses_nothing_from_archive_or_counts() {
     pipeline.assert_counts_equal(&expected, &aggregator).await;
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
 
-    let reader = ArchiveReader::new(
-        stack::s3_client().await,
-        stack::s3_bucket(),
-        pipeline.archive_prefix(),
-    );
-    let today = Utc::now().date_naive();
-    let dates = today.checked_sub_days(Days::new(1)).unwrap()
-        ..=today.checked_add_days(Days::new(1)).unwrap();
-    let segments = reader.list_segments(&pipeline.topic, dates).await.unwrap();
+    let (reader, segments) = pipeline.archive_segments().await;
     let mut offsets: BTreeMap<i32, BTreeSet<i64>> = BTreeMap::new();
     for segment in &segments {
         for record in reader.read_segment(segment).await.unwrap() {
