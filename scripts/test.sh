@@ -38,4 +38,12 @@ step "cargo build --bins (integration tests run the binaries as processes)"
 cargo build --workspace --bins --locked
 
 step "cargo test (unit and integration tests; tests/outage, which stops services, runs alone: cargo runs test binaries one at a time)"
-cargo test --workspace --locked -- --test-threads 4
+results=$(mktemp)
+trap 'rm -f "$results"; cleanup' EXIT
+set +e
+cargo test --workspace --locked -- --test-threads 4 2>&1 | tee "$results"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole suite (cargo's last line is the last crate's doc-tests).
+awk '/^test result:/ { passed += $4; failed += $6 } END { printf "tests: %d passed, %d failed\n", passed, failed }' "$results"
+exit "$status"

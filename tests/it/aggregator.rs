@@ -8,6 +8,9 @@ use rand::{Rng, SeedableRng};
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec, Truth};
 use topk_tests::pipeline::Pipeline;
 
+// Tests in which an aggregator resumes a partition from a checkpoint (a restart, a
+// rebalance) produce one record per batch: tansu skips to the next batch when a fetch starts
+// inside one (see `Pipeline::produce_unbatched`).
 const STATIC_MEMBER: &[&str] = &[
     "--kafka-consumer-properties",
     "group.instance.id=sigkill-worker",
@@ -102,7 +105,7 @@ async fn counts_stay_exact_when_killed_repeatedly() {
     for (index, slice) in slices.iter().enumerate() {
         let before = pipeline.checkpoints().await;
         let mut aggregator = pipeline.start_aggregator(&format!("run-{index}"), STATIC_MEMBER);
-        pipeline.produce(slice).await;
+        pipeline.produce_unbatched(slice).await;
         pipeline
             .wait_for_progress(&before, Duration::from_secs(60))
             .await;
@@ -131,7 +134,7 @@ async fn two_aggregators_share_partitions_and_one_stops_mid_run() {
     let (first_half, second_half) = messages.split_at(messages.len() / 2);
     let mut first = pipeline.start_aggregator("worker-a", &["--worker-id", "worker-a"]);
     let mut second = pipeline.start_aggregator("worker-b", &["--worker-id", "worker-b"]);
-    pipeline.produce(first_half).await;
+    pipeline.produce_unbatched(first_half).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     // One worker leaves mid-run: the other takes its partitions over.
     assert_eq!(
@@ -140,7 +143,7 @@ async fn two_aggregators_share_partitions_and_one_stops_mid_run() {
         "{}",
         second.log_tail(20)
     );
-    pipeline.produce(second_half).await;
+    pipeline.produce_unbatched(second_half).await;
     pipeline.wait_until_drained(Duration::from_secs(240)).await;
     pipeline.assert_counts_equal(&expected, &first).await;
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
@@ -157,7 +160,7 @@ async fn rows_of_an_unfinished_flush_are_removed_before_reprocessing() {
     let messages = generate(&spec(20_000, 31));
     let expected = expected_minute_counts(&messages);
     let (first_half, second_half) = messages.split_at(messages.len() / 2);
-    pipeline.produce(first_half).await;
+    pipeline.produce_unbatched(first_half).await;
     let mut aggregator = pipeline.start_aggregator("before-crash", &[]);
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
@@ -187,7 +190,7 @@ async fn rows_of_an_unfinished_flush_are_removed_before_reprocessing() {
     }
     insert.end().await.unwrap();
 
-    pipeline.produce(second_half).await;
+    pipeline.produce_unbatched(second_half).await;
     let mut aggregator = pipeline.start_aggregator("after-crash", &[]);
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     pipeline.assert_counts_equal(&expected, &aggregator).await;
