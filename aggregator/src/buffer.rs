@@ -53,8 +53,15 @@ impl MinuteBuffer {
         self.id_bytes + self.counts.len() * ROW_OVERHEAD_BYTES
     }
 
-    /// Empties the buffer into rows tagged with the flush that will write them.
-    pub fn drain_rows(&mut self, topic: &str, partition: u32, flush_offset: u64) -> Vec<MinuteRow> {
+    /// Empties the buffer into rows tagged with the flush that will write them: its last
+    /// offset and its `(claim_id, flush_seq)`.
+    pub fn drain_rows(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        flush_offset: u64,
+        (claim_id, flush_seq): (u64, u64),
+    ) -> Vec<MinuteRow> {
         self.id_bytes = 0;
         self.counts
             .drain()
@@ -67,6 +74,8 @@ impl MinuteBuffer {
                 topic: topic.to_owned(),
                 kafka_partition: partition,
                 flush_offset,
+                claim_id,
+                flush_seq,
             })
             .collect()
     }
@@ -94,7 +103,7 @@ mod tests {
         buffer.add(play("v", "s", 1_000));
         assert_eq!(buffer.rows(), 3);
         assert!(buffer.estimated_bytes() > 0);
-        let mut rows = buffer.drain_rows("plays", 3, 42);
+        let mut rows = buffer.drain_rows("plays", 3, 42, (9, 2));
         rows.sort_by(|a, b| (&a.user_id, a.minute).cmp(&(&b.user_id, b.minute)));
         let summary: Vec<(String, i64, u64)> = rows
             .iter()
@@ -106,7 +115,7 @@ mod tests {
         );
         assert!(rows
             .iter()
-            .all(|row| row.kafka_partition == 3 && row.flush_offset == 42));
+            .all(|row| row.kafka_partition == 3 && row.flush_offset == 42 && row.flush_seq == 2));
         assert!(buffer.is_empty());
         assert_eq!(buffer.estimated_bytes(), 0);
     }

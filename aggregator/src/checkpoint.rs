@@ -1,216 +1,183 @@
-//! Exactly-once flushes: minute rows and the checkpoint that makes them count.
+//! Exactly-once flushes: claims, commits, and why every valid event counts exactly once.
 //!
 //! # The argument
 //!
-//! ClickHouse has no transactions across inserts, an insert whose rows fall into two day
-//! partitions is written as two parts, and a crash can happen anywhere. So the Kafka committed
-//! offset cannot say what is in ClickHouse, and neither can "the insert returned". Instead:
+//! ClickHouse has no transactions across inserts and no compare-and-set, an insert whose rows
+//! fall into two day partitions is written as two parts, a crash can happen anywhere, a
+//! response can be lost after the server committed, a request can sit in the network and
+//! land long after its sender gave up, and a paused worker can wake up after its partitions
+//! moved. So neither "the insert returned" nor Kafka's committed offset can say what counts.
+//! Instead (see `topk_core::claims` for the protocol and `topk_core::committed` for the rule
+//! readers apply):
 //!
-//! 1. Every minute row carries the `(topic, kafka_partition, flush_offset)` of the flush that
-//!    wrote it, `flush_offset` being the last Kafka offset that flush covers.
-//! 2. A flush writes its minute rows first, then one checkpoint row per partition into
-//!    `ingest_checkpoints` (a single-block insert into an unpartitioned table: one part,
-//!    atomic). The checkpoint is the commit point: a partition's events up to its highest
-//!    checkpointed `flush_offset` are counted, and nothing after it is.
-//! 3. Rows with `flush_offset` above a partition's checkpoint can only come from a flush that
-//!    did not reach its checkpoint (crashed, failed, timed out: wholly, partly, or in one day
-//!    partition of two). Before a partition is consumed again — on assignment, and before a
-//!    failed flush is retried — those rows are deleted ([`remove_uncheckpointed_rows`]) and
-//!    the deletion is awaited. The partition is then re-read from the checkpoint, so those
-//!    events are counted by exactly one later flush.
-//! 4. A partition has one writer at a time: Kafka's group protocol gives it to one member,
-//!    and a member flushes a partition before giving it up (revoke), or abandons the flush
-//!    (no checkpoint) when the revoke deadline passes. An insert given up on may still be
-//!    finishing on the server, so a repair first waits for the inserts running at that moment.
-//! 5. Counting is deterministic given the offsets: the duplicate filter is rebuilt by
-//!    re-reading (without counting) from the checkpoint's `dedup_replay_from`, starting at
-//!    its `watermark_ms` (see `topk_core::dedup`).
+//! 1. **Claims.** Before it reads a partition a worker *claims* it: a row in `ingest_claims`
+//!    whose id is higher than every earlier claim of the partition, inserted by one
+//!    statement that the server evaluates at once — written only while the previous claim
+//!    (the parent) is the newest, and recording the parent's latest commit as the server
+//!    sees it then. The worker resumes exactly after that commit.
+//! 2. **Tagged flushes.** Every minute row carries `(claim_id, flush_seq)`; a flush writes
+//!    its rows, then one *commit* row per partition (`flush_commits`, a single-block insert:
+//!    atomic). A claim's flushes are written one after the other, each only once the
+//!    previous one committed, so a claim's commits are `1..=n` with no gaps.
+//! 3. **The rule.** A row counts when its claim is the partition's newest and its flush is
+//!    committed, or its claim is older and its flush is at most the cap the next claim
+//!    recorded (no cap when the older claim's last commit says it released the partition
+//!    cleanly, i.e. every request it ever sent was answered). Readers — the API, the
+//!    rollup, the restore, the `*_committed` views — apply only this rule.
 //!
-//! So after any crash, the rows in `plays_minute` for a partition are exactly those of the
-//! flushes up to its checkpoint, each counted once. The Kafka commit that follows a
-//! checkpoint is advisory (for lag monitoring); on assignment the aggregator seeks to the
-//! checkpoint, not to Kafka's committed offset.
+//! Every way a flush could be counted twice or not at all, and why it cannot:
 //!
-//! The residual risk is a zombie: a member expelled from the group (for example, frozen past
-//! `max.poll.interval.ms`) that wakes up and writes after the new owner repaired. ClickHouse
-//! offers no compare-and-set to fence it; the aggregator checks that it still owns a
-//! partition right before every flush, which leaves a window of one insert.
+//! - **Case 1, fencing** (a paused worker, a slow rolling deploy, a write that outlives its
+//!   deadline): the old owner's rows and commits that land after the new claim are above
+//!   the cap the new claim recorded, so they never count, whatever their timing. A commit
+//!   that landed before the new claim is below the cap and the new owner resumed after it.
+//!   Before each flush the worker checks that its claim is still the newest and drops the
+//!   partitions it lost without writing them; on a lost assignment it drops them without a
+//!   final flush; a revoke bounds its final flush by a deadline and then stops its queries
+//!   on the server (`KILL QUERY .. SYNC`) before the partitions are handed on.
+//! - **Case 2, ambiguous commits** (a lost response, a timeout): whether a flush committed
+//!   is read from ClickHouse, never inferred from the client error. The worker stops its
+//!   inserts still running on the server, then renews its claim; the renewed claim records
+//!   the latest commit the server has. If it includes the flush, the flush is done; if not,
+//!   the flush is retried as the new claim's first, and the old claim is capped below it —
+//!   so a part of the failed attempt that lands later (even one still in the network)
+//!   never counts. Nothing is deleted to make this work.
+//! - **Case 3, repair by count**: correctness no longer depends on a DELETE, or on counting
+//!   rows first. Rows that will never count are removed in the background
+//!   ([`remove_uncommitted_rows`]): the DELETE is always issued, and only its own mutation
+//!   is waited for, so the rollup's or the restore's work never blocks a worker.
+//! - **Case 4, readers see uncommitted flushes**: readers count committed flushes only, so a
+//!   crash, a flush in flight or a cleanup in progress is invisible to the API, the rollup
+//!   and the restore.
+//! - **Case 5, replay at the edges**: every record is judged against the window ending at
+//!   its own Kafka timestamp (`Window::for_record`), not at the moment it is read, so the
+//!   re-read after a crash decides each record — valid, too old, too far in the future —
+//!   exactly as the first read did, and rebuilds the same duplicate filter (its replay
+//!   point and watermark come with the commit; see `topk_core::dedup`). An offset gap
+//!   stops the partition and re-reads it from the missing offset; a gap that persists past
+//!   the checkpoint fails the partition loudly instead of being counted past.
+//! - **Case 6, late data**: each commit lists the days its rows fall on; the rollup records
+//!   exactly which commits it read, so any later commit touching a day is seen, whatever
+//!   the totals.
+//! - **Case 7, production settings**: the inserts run with `async_insert = 0` where the
+//!   server knows the setting (an asynchronous insert would acknowledge before the rows
+//!   are in a part); claims and commits carry the consumer group, and a database serves one
+//!   group on one topic (a canary group is refused, see `topk_core::claims::check_owner`).
+//!   Durability across power loss needs `fsync_after_insert` (docs/operations.md).
+//!
+//! Two bounds remain, both documented in docs/operations.md: a zombie's commit that the
+//! server executes at the very same moment as the new claim may be visible for that moment
+//! and then stop counting (it never counts twice); and a claim insert that was stuck in the
+//! network and lands late is refused by the server unless its parent is still the newest.
 
 use std::time::Duration;
 
-use topk_core::schema::{CheckpointRow, INGEST_CHECKPOINTS, PLAYS_MINUTE};
+use topk_core::schema::PLAYS_MINUTE;
 
-/// How long to wait for a delete mutation before reporting an error (and retrying).
-const MUTATION_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a cleanup waits for its own delete mutation before giving up (it is only
+/// cleanup: the rows it removes never count).
+const CLEANUP_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// How long a repair waits for running merges of the table before counting anyway.
-const MERGE_WAIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long stopping a flush's queries on the server may take.
+const KILL_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How long a repair waits for inserts already running on the server.
-const INSERT_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// The checkpoint a partition resumes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ResumePoint {
-    /// The last offset counted, or `None` when nothing of the partition was ever counted.
-    pub counted_through: Option<i64>,
-    /// Where to start reading: `dedup_replay_from` (to rebuild the duplicate filter), or the
-    /// beginning of the partition.
-    pub read_from: Option<i64>,
-    /// The duplicate filter's watermark just before `read_from`.
-    pub watermark_ms: i64,
-}
-
-/// Reads the latest checkpoint of one partition.
-pub async fn resume_point(
+/// Makes sure none of `query_ids` is still running on the server: `KILL QUERY .. SYNC`,
+/// then a check of `system.processes`. An error means it could not be made sure of (the
+/// server is unreachable): the caller tries again later.
+pub async fn kill_queries(
     client: &clickhouse::Client,
-    topic: &str,
-    partition: i32,
-) -> Result<ResumePoint, clickhouse::error::Error> {
-    let latest: Option<CheckpointRow> = client
-        .query(&format!(
-            "SELECT ?fields FROM {INGEST_CHECKPOINTS} WHERE topic = ? AND kafka_partition = ? \
-             ORDER BY flush_offset DESC LIMIT 1"
-        ))
-        .bind(topic)
-        .bind(partition_column(partition))
-        .fetch_optional()
-        .await?;
-    Ok(match latest {
-        None => ResumePoint {
-            counted_through: None,
-            read_from: None,
-            watermark_ms: i64::MIN,
-        },
-        Some(row) => {
-            let counted_through = offset_from_column(row.flush_offset);
-            let replay_from = offset_from_column(row.dedup_replay_from);
-            ResumePoint {
-                counted_through: Some(counted_through),
-                read_from: Some(replay_from.min(counted_through + 1)),
-                watermark_ms: row.watermark_ms,
-            }
-        }
-    })
-}
-
-/// Deletes the rows of flushes that never reached a checkpoint and waits for the deletion.
-/// Returns how many rows were removed.
-pub async fn remove_uncheckpointed_rows(
-    client: &clickhouse::Client,
-    topic: &str,
-    partition: i32,
-    counted_through: Option<i64>,
-) -> Result<u64, clickhouse::error::Error> {
-    // flush_offset is unsigned: "after nothing" is every row, written as `>= 0`.
-    let (operator, threshold) = match counted_through {
-        Some(offset) => (">", offset_column(offset)),
-        None => (">=", 0),
-    };
-    let condition = format!("topic = ? AND kafka_partition = ? AND flush_offset {operator} ?");
-    let stale_rows = |statement: String| {
+    query_ids: &[String],
+) -> Result<(), clickhouse::error::Error> {
+    if query_ids.is_empty() {
+        return Ok(());
+    }
+    let running = || {
         client
-            .query(&format!("{statement} WHERE {condition}"))
-            .bind(topic)
-            .bind(partition_column(partition))
-            .bind(threshold)
+            .query("SELECT count() FROM system.processes WHERE has(?, query_id)")
+            .bind(query_ids)
     };
-    let select_count = format!("SELECT count() FROM {PLAYS_MINUTE}");
-
-    wait_for_running_inserts(client).await?;
-    // ClickHouse 18.16 was seen to leave parts out of a SELECT for a moment while it merged
-    // parts rewritten by a delete mutation: don't count in such a moment. A busy table
-    // always merges, so after the wait the repair goes on regardless.
-    let merges_running = format!(
-        "SELECT count() FROM system.merges WHERE database = currentDatabase() \
-         AND table = '{PLAYS_MINUTE}'"
-    );
-    let _ = poll_until(MERGE_WAIT_TIMEOUT, || client.query(&merges_running)).await;
-    let stale: u64 = stale_rows(select_count.clone()).fetch_one().await?;
-    if stale == 0 {
-        return Ok(0);
+    if running().fetch_one::<u64>().await? == 0 {
+        return Ok(());
     }
-    tracing::warn!(
-        partition,
-        rows = stale,
-        ?counted_through,
-        "removing minute rows of an unfinished flush"
-    );
-    stale_rows(format!("ALTER TABLE {PLAYS_MINUTE} DELETE"))
+    // ClickHouse 18.16 refuses to kill an insert whose body it is reading ("unkillable
+    // stages"): such an insert ends by itself once its body is in or its client is gone,
+    // so a refused kill is followed by waiting, like a successful one.
+    if let Err(error) = client
+        .query("KILL QUERY WHERE has(?, query_id) SYNC")
+        .bind(query_ids)
         .execute()
-        .await?;
-    let pending_mutations = format!(
-        "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
-         AND table = '{PLAYS_MINUTE}' AND is_done = 0"
-    );
-    if !poll_until(MUTATION_TIMEOUT, || client.query(&pending_mutations)).await? {
-        return Err(clickhouse::error::Error::Custom(format!(
-            "delete mutation on {PLAYS_MINUTE} not done after {MUTATION_TIMEOUT:?}"
-        )));
+        .await
+    {
+        tracing::debug!(%error, "KILL QUERY refused; waiting for the queries to end");
     }
-    let left: u64 = stale_rows(select_count).fetch_one().await?;
-    if left != 0 {
-        return Err(clickhouse::error::Error::Custom(format!(
-            "{left} uncheckpointed rows of partition {partition} survived the delete"
-        )));
-    }
-    Ok(stale)
-}
-
-/// Runs the count query every 100 ms until it returns 0; `Ok(false)` if `timeout` passed
-/// first.
-async fn poll_until(
-    timeout: Duration,
-    count_query: impl Fn() -> clickhouse::query::Query,
-) -> Result<bool, clickhouse::error::Error> {
-    let deadline = tokio::time::Instant::now() + timeout;
+    let deadline = tokio::time::Instant::now() + KILL_TIMEOUT;
     loop {
-        let count: u64 = count_query().fetch_one().await?;
-        if count == 0 {
-            return Ok(true);
+        if running().fetch_one::<u64>().await? == 0 {
+            return Ok(());
         }
         if tokio::time::Instant::now() >= deadline {
-            return Ok(false);
+            return Err(clickhouse::error::Error::Custom(format!(
+                "queries {query_ids:?} still running after KILL QUERY"
+            )));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// Waits until the inserts into `plays_minute` running now have finished: an insert that a
-/// writer gave up on (timeout, abandoned flush) may still be completing on the server, and
-/// its rows must have landed before the repair looks for them.
-async fn wait_for_running_inserts(
+/// Removes, in the background, the minute rows of `claim_id` above flush `above_seq`: rows
+/// of a flush that will never count (see [`remove_uncommitted_rows`]).
+pub fn spawn_cleanup(client: clickhouse::Client, claim_id: u64, above_seq: u64) {
+    tokio::spawn(async move {
+        match remove_uncommitted_rows(&client, claim_id, above_seq).await {
+            Ok(()) => tracing::info!(
+                claim = claim_id,
+                above_seq,
+                "rows of uncommitted flushes removed"
+            ),
+            Err(error) => {
+                tracing::warn!(claim = claim_id, above_seq, %error, "removing rows of uncommitted flushes failed (they never count)")
+            }
+        }
+    });
+}
+
+/// Deletes the minute rows of `claim_id` with `flush_seq > above_seq` and waits for this
+/// mutation only. Always issued (never skipped because a count said 0): the rows never
+/// count either way, this only frees their space.
+pub async fn remove_uncommitted_rows(
     client: &clickhouse::Client,
+    claim_id: u64,
+    above_seq: u64,
 ) -> Result<(), clickhouse::error::Error> {
-    let running: Vec<String> = client
-        .query("SELECT query_id FROM system.processes WHERE query LIKE ?")
-        .bind(format!("INSERT INTO%{PLAYS_MINUTE}%"))
-        .fetch_all()
+    // Literal numbers, so that this mutation can be told apart in system.mutations.
+    client
+        .query(&format!(
+            "ALTER TABLE {PLAYS_MINUTE} DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}"
+        ))
+        .execute()
         .await?;
-    if running.is_empty() {
-        return Ok(());
+    // This claim id as a whole number in the mutation's text (18.16 shows
+    // `DELETE WHERE ..`, current releases `(DELETE WHERE ..)`).
+    let ours = format!("(^|[^0-9]){claim_id}([^0-9]|$)");
+    let deadline = tokio::time::Instant::now() + CLEANUP_TIMEOUT;
+    loop {
+        let pending: u64 = client
+            .query(
+                "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
+                 AND table = ? AND is_done = 0 AND match(command, ?)",
+            )
+            .bind(PLAYS_MINUTE)
+            .bind(&ours)
+            .fetch_one()
+            .await?;
+        if pending == 0 {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(clickhouse::error::Error::Custom(format!(
+                "the delete of claim {claim_id}'s uncommitted rows is not done after {CLEANUP_TIMEOUT:?}"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let still_running = || {
-        client
-            .query("SELECT count() FROM system.processes WHERE has(?, query_id)")
-            .bind(&running)
-    };
-    if poll_until(INSERT_WAIT_TIMEOUT, still_running).await? {
-        return Ok(());
-    }
-    Err(clickhouse::error::Error::Custom(format!(
-        "inserts into {PLAYS_MINUTE} still running after {INSERT_WAIT_TIMEOUT:?}"
-    )))
-}
-
-pub fn offset_column(offset: i64) -> u64 {
-    u64::try_from(offset).expect("kafka offsets are not negative")
-}
-
-fn partition_column(partition: i32) -> u32 {
-    u32::try_from(partition).expect("kafka partitions are not negative")
-}
-
-fn offset_from_column(offset: u64) -> i64 {
-    i64::try_from(offset).expect("stored offsets fit in i64")
 }

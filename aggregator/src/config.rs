@@ -123,6 +123,42 @@ impl AggregatorConfig {
         })
     }
 
+    /// The librdkafka settings of the consumer group member.
+    pub fn consumer_config(&self) -> rdkafka::config::ClientConfig {
+        let mut client_config = self.kafka_client_config();
+        client_config
+            .set("group.id", &self.kafka_group_id)
+            .set("client.id", self.worker_name())
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("partition.assignment.strategy", "range,roundrobin")
+            .set("session.timeout.ms", "10000")
+            .set("max.poll.interval.ms", "600000")
+            .set(
+                "queued.max.messages.kbytes",
+                self.kafka_queue_kbytes().to_string(),
+            );
+        // The operator's properties win (e.g. group.instance.id, session.timeout.ms).
+        for (key, value) in self.extra_consumer_properties().unwrap_or_default() {
+            client_config.set(key, value);
+        }
+        client_config
+    }
+
+    /// The brokers and the operator's connection properties (security, timeouts), without
+    /// group membership: for clients that only read metadata and offsets.
+    pub fn kafka_client_config(&self) -> rdkafka::config::ClientConfig {
+        let mut client_config = rdkafka::config::ClientConfig::new();
+        client_config.set("bootstrap.servers", &self.kafka_brokers);
+        for (key, value) in self.extra_consumer_properties().unwrap_or_default() {
+            if !key.starts_with("group.") {
+                client_config.set(key, value);
+            }
+        }
+        client_config
+    }
+
     /// The extra consumer properties as pairs.
     pub fn extra_consumer_properties(&self) -> Result<Vec<(String, String)>, String> {
         self.kafka_consumer_properties

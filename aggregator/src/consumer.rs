@@ -1,17 +1,17 @@
-//! The polling thread: the Kafka consumer, rebalances, routing records to shards, pausing on
-//! the memory budget, and the advisory offset commits.
+//! The polling thread: the Kafka consumer, rebalances, claims, routing records to shards,
+//! re-positioning partitions, pausing on the memory budget, and the advisory offset commits.
 //!
-//! Offsets follow the checkpoint, not Kafka: `enable.auto.commit` and auto offset store are
-//! off; on assignment each partition starts from its ClickHouse checkpoint (after the rows of
-//! unfinished flushes are removed); on revoke the shards flush and checkpoint first. The Kafka
-//! commit of `checkpoint + 1` after each flush only serves lag monitoring and tools.
+//! Offsets follow the claims, not Kafka: `enable.auto.commit` and auto offset store are off;
+//! on assignment each partition is claimed in ClickHouse and starts from the claim's resume
+//! point; on revoke the shards flush and commit first (on a lost assignment they drop the
+//! partitions without writing). The Kafka commit of `offset + 1` after each committed flush
+//! only serves lag monitoring and tools.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::message::Message;
 use rdkafka::statistics::Statistics;
@@ -20,23 +20,28 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
+use topk_core::claims::{claim_partition, Claim, ClaimError, ClaimOwner};
 
-use crate::checkpoint::{remove_uncheckpointed_rows, resume_point, ResumePoint};
+use crate::checkpoint::spawn_cleanup;
 use crate::config::AggregatorConfig;
 use crate::error::AggregatorError;
-use crate::metrics::{self, Liveness};
+use crate::health::Health;
+use crate::metrics;
 use crate::record::ConsumedRecord;
-use crate::shard::{by_shard, shard_of, ShardCommand, ShardMemory};
+use crate::shard::{
+    by_shard, shard_of, AssignedPartition, PollerRequest, ShardCommand, ShardMemory,
+};
 
 /// Records sent to a shard at once.
 const BATCH_SIZE: usize = 1024;
-/// How long an assignment may retry reading checkpoints before the worker gives up.
+/// How long an assignment may retry claiming before the worker gives up.
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(240);
 
 /// What the rebalance callback needs; it runs on the polling thread inside `poll`.
 pub struct AggregatorContext {
     runtime: Handle,
     clickhouse: clickhouse::Client,
+    owner: ClaimOwner,
     topic: String,
     shards: Vec<mpsc::Sender<ShardCommand>>,
     revoke_timeout: Duration,
@@ -44,6 +49,9 @@ pub struct AggregatorContext {
     fatal: std::sync::Mutex<Option<String>>,
     /// The next offset to hand to the shards, per partition, since the last rebalance.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
+    /// How often each partition was positioned (assigned, or sought after a gap): records
+    /// carry it so a shard drops those fetched before the latest positioning.
+    generations: std::sync::Mutex<HashMap<i32, u64>>,
 }
 
 impl ClientContext for AggregatorContext {
@@ -85,7 +93,11 @@ impl ConsumerContext for AggregatorContext {
                 }
             }
             RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
-                self.revoke(partitions);
+                if consumer.assignment_lost() {
+                    self.drop_lost(partitions);
+                } else {
+                    self.revoke(partitions);
+                }
                 let _ = consumer.unassign();
             }
             other => {
@@ -115,8 +127,27 @@ impl AggregatorContext {
         self.fatal.lock().ok().and_then(|mut fatal| fatal.take())
     }
 
-    /// Reads each partition's checkpoint, removes rows of unfinished flushes, hands the
-    /// partitions to their shards and sets where the consumer starts.
+    fn generation(&self, partition: i32) -> u64 {
+        self.generations
+            .lock()
+            .map(|generations| generations.get(&partition).copied().unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    /// A new positioning of `partition`: records fetched before it are dropped.
+    fn next_generation(&self, partition: i32, next_offset: Option<i64>) -> u64 {
+        if let (Ok(mut positions), Some(offset)) = (self.positions.lock(), next_offset) {
+            positions.insert(partition, offset);
+        }
+        let Ok(mut generations) = self.generations.lock() else {
+            return 0;
+        };
+        let generation = generations.entry(partition).or_insert(0);
+        *generation += 1;
+        *generation
+    }
+
+    /// Claims each partition, hands them to their shards and sets where the consumer starts.
     fn prepare_assignment(&self, partitions: &mut TopicPartitionList) -> Result<(), String> {
         let assigned: Vec<i32> = partitions
             .elements()
@@ -125,17 +156,29 @@ impl AggregatorContext {
             .map(|element| element.partition())
             .collect();
         let started = Instant::now();
-        let mut resumes: Vec<(i32, ResumePoint)> = Vec::with_capacity(assigned.len());
+        let mut handed: Vec<(i32, AssignedPartition)> = Vec::with_capacity(assigned.len());
         for partition in &assigned {
-            let resume = self.runtime.block_on(self.resume_with_retry(*partition))?;
-            let start = resume.read_from.map_or(Offset::Beginning, Offset::Offset);
+            let claim = self.runtime.block_on(self.claim_with_retry(*partition))?;
+            let start = claim
+                .resume
+                .read_from
+                .map_or(Offset::Beginning, Offset::Offset);
             partitions
                 .set_partition_offset(&self.topic, *partition, start)
                 .map_err(|error| format!("setting the start of partition {partition}: {error}"))?;
-            resumes.push((*partition, resume));
+            let generation = self.next_generation(*partition, claim.resume.read_from);
+            handed.push((
+                *partition,
+                AssignedPartition {
+                    partition: *partition,
+                    claim,
+                    generation,
+                },
+            ));
         }
-        tracing::info!(partitions = ?assigned, took_ms = started.elapsed().as_millis() as u64, "partitions assigned");
-        for (shard, list) in by_shard(resumes, self.shards.len()) {
+        tracing::info!(partitions = ?assigned, took_ms = started.elapsed().as_millis() as u64, "partitions claimed");
+        for (shard, list) in by_shard(handed, self.shards.len()) {
+            let list = list.into_iter().map(|(_, assigned)| assigned).collect();
             self.shards[shard]
                 .blocking_send(ShardCommand::Assign(list))
                 .map_err(|_| "shard stopped".to_owned())?;
@@ -143,48 +186,79 @@ impl AggregatorContext {
         Ok(())
     }
 
-    async fn resume_with_retry(&self, partition: i32) -> Result<ResumePoint, String> {
+    /// Claims `partition`, retrying ClickHouse errors with backoff; removes in the background
+    /// the rows a previous owner left uncommitted.
+    async fn claim_with_retry(&self, partition: i32) -> Result<Claim, String> {
         let deadline = Instant::now() + ASSIGN_TIMEOUT;
         let mut backoff = Duration::from_millis(100);
+        let kafka_partition =
+            u32::try_from(partition).map_err(|_| format!("partition {partition} is negative"))?;
         loop {
-            let attempt = async {
-                let resume = resume_point(&self.clickhouse, &self.topic, partition).await?;
-                remove_uncheckpointed_rows(
-                    &self.clickhouse,
-                    &self.topic,
-                    partition,
-                    resume.counted_through,
-                )
-                .await?;
-                Ok::<_, clickhouse::error::Error>(resume)
-            };
-            match attempt.await {
-                Ok(resume) => return Ok(resume),
+            match claim_partition(&self.clickhouse, &self.owner, kafka_partition).await {
+                Ok(claim) => {
+                    metrics::claimed();
+                    if claim.parent_claim_id != 0 && !claim.parent_released {
+                        tracing::info!(
+                            partition,
+                            parent = claim.parent_claim_id,
+                            parent_max_seq = claim.parent_max_seq,
+                            "took over from an owner that did not release the partition"
+                        );
+                        spawn_cleanup(
+                            self.clickhouse.clone(),
+                            claim.parent_claim_id,
+                            claim.parent_max_seq,
+                        );
+                    }
+                    return Ok(claim);
+                }
+                Err(error @ (ClaimError::OtherOwner { .. } | ClaimError::PartitionTooHigh(_))) => {
+                    return Err(error.to_string())
+                }
                 Err(error) if Instant::now() + backoff < deadline => {
-                    tracing::warn!(partition, %error, ?backoff, "reading checkpoint failed, retrying");
+                    tracing::warn!(partition, %error, ?backoff, "claiming failed, retrying");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(self.max_backoff);
                 }
                 Err(error) => {
                     return Err(format!(
-                        "reading the checkpoint of partition {partition} failed for {ASSIGN_TIMEOUT:?}: {error}"
+                        "claiming partition {partition} failed for {ASSIGN_TIMEOUT:?}: {error}"
                     ))
                 }
             }
         }
     }
 
-    /// Asks the shards to flush and drop the revoked partitions, and waits for them.
-    fn revoke(&self, partitions: &TopicPartitionList) {
-        let revoked: Vec<(i32, ())> = partitions
+    fn revoked_partitions(&self, partitions: &TopicPartitionList) -> Vec<i32> {
+        partitions
             .elements()
             .iter()
             .filter(|element| element.topic() == self.topic)
-            .map(|element| (element.partition(), ()))
+            .map(|element| element.partition())
+            .collect()
+    }
+
+    /// The group moved on without this worker: drop the partitions without writing.
+    fn drop_lost(&self, partitions: &TopicPartitionList) {
+        let lost = self.revoked_partitions(partitions);
+        tracing::warn!(partitions = ?lost, "assignment lost");
+        let items = lost.into_iter().map(|partition| (partition, ())).collect();
+        for (shard, list) in by_shard(items, self.shards.len()) {
+            let partitions = list.into_iter().map(|(partition, ())| partition).collect();
+            let _ = self.shards[shard].blocking_send(ShardCommand::Drop { partitions });
+        }
+    }
+
+    /// Asks the shards to flush and release the revoked partitions, and waits for them.
+    fn revoke(&self, partitions: &TopicPartitionList) {
+        let revoked = self.revoked_partitions(partitions);
+        let items = revoked
+            .into_iter()
+            .map(|partition| (partition, ()))
             .collect();
         let deadline = Instant::now() + self.revoke_timeout;
         let mut waiting = Vec::new();
-        for (shard, list) in by_shard(revoked, self.shards.len()) {
+        for (shard, list) in by_shard(items, self.shards.len()) {
             let (done, finished) = std::sync::mpsc::channel();
             let command = ShardCommand::Revoke {
                 partitions: list.into_iter().map(|(partition, ())| partition).collect(),
@@ -196,8 +270,9 @@ impl AggregatorContext {
             }
         }
         for finished in waiting {
+            // The shard stops the abandoned flush's queries after the deadline: give it time.
             let remaining =
-                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
             match finished.recv_timeout(remaining) {
                 Ok(unflushed) if unflushed.is_empty() => {}
                 Ok(unflushed) => {
@@ -215,18 +290,23 @@ pub struct Poller {
     shards: Vec<mpsc::Sender<ShardCommand>>,
     memory: Arc<Vec<ShardMemory>>,
     budget_bytes: usize,
-    commits: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
-    liveness: Arc<Liveness>,
+    requests: std::sync::mpsc::Receiver<PollerRequest>,
+    health: Arc<Health>,
     topic: String,
     shutdown_timeout: Duration,
+    /// Partitions a newer claim took over while still assigned here, and since when: they
+    /// are paused, and claimed again if still assigned after [`Self::fence_wait`].
+    fenced: HashMap<i32, Instant>,
+    fence_wait: Duration,
 }
 
 pub struct PollerParts {
     pub shards: Vec<mpsc::Sender<ShardCommand>>,
     pub memory: Arc<Vec<ShardMemory>>,
-    pub commits: std::sync::mpsc::Receiver<Vec<(i32, i64)>>,
-    pub liveness: Arc<Liveness>,
+    pub requests: std::sync::mpsc::Receiver<PollerRequest>,
+    pub health: Arc<Health>,
     pub clickhouse: clickhouse::Client,
+    pub owner: ClaimOwner,
 }
 
 impl Poller {
@@ -238,70 +318,59 @@ impl Poller {
         let context = AggregatorContext {
             runtime,
             clickhouse: parts.clickhouse,
+            owner: parts.owner,
             topic: config.plays_topic.clone(),
             shards: parts.shards.clone(),
             revoke_timeout: config.shutdown_timeout(),
             max_backoff: config.max_retry_backoff(),
             fatal: std::sync::Mutex::new(None),
             positions: std::sync::Mutex::new(HashMap::new()),
+            generations: std::sync::Mutex::new(HashMap::new()),
         };
-        let mut client_config = ClientConfig::new();
-        client_config
-            .set("bootstrap.servers", &config.kafka_brokers)
-            .set("group.id", &config.kafka_group_id)
-            .set("client.id", config.worker_name())
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.offset.reset", "earliest")
-            .set("partition.assignment.strategy", "range,roundrobin")
-            .set("session.timeout.ms", "10000")
-            .set("max.poll.interval.ms", "600000")
-            .set(
-                "queued.max.messages.kbytes",
-                config.kafka_queue_kbytes().to_string(),
-            )
-            .set("statistics.interval.ms", "5000");
-        for (key, value) in config
-            .extra_consumer_properties()
-            .map_err(AggregatorError::Config)?
-        {
-            client_config.set(key, value);
-        }
+        let mut client_config = config.consumer_config();
+        client_config.set("statistics.interval.ms", "5000");
         let consumer: BaseConsumer<AggregatorContext> =
             client_config.create_with_context(context)?;
         consumer.subscribe(&[&config.plays_topic])?;
+        let session_timeout_ms: u64 = client_config
+            .get("session.timeout.ms")
+            .and_then(|value| value.parse().ok())
+            .unwrap_or(10_000);
         Ok(Self {
             consumer,
             shards: parts.shards,
             memory: parts.memory,
             budget_bytes: config.buffer_budget_bytes(),
-            commits: parts.commits,
-            liveness: parts.liveness,
+            requests: parts.requests,
+            health: parts.health,
             topic: config.plays_topic.clone(),
             shutdown_timeout: config.shutdown_timeout(),
+            fenced: HashMap::new(),
+            fence_wait: Duration::from_millis(2 * session_timeout_ms),
         })
     }
 
-    pub fn run(self, shutdown: &AtomicBool) -> Result<(), AggregatorError> {
+    pub fn run(mut self, shutdown: &AtomicBool) -> Result<(), AggregatorError> {
         let mut batches: Vec<Vec<ConsumedRecord>> = vec![Vec::new(); self.shards.len()];
         let mut paused = false;
         while !shutdown.load(Ordering::Relaxed) {
-            self.liveness.beat();
+            self.health.beat();
             if let Some(message) = self.consumer.context().take_fatal() {
                 return Err(AggregatorError::Fatal(message));
             }
-            self.commit_checkpointed(CommitMode::Async);
+            self.handle_requests(CommitMode::Async);
+            self.reclaim_fenced();
             paused = self.apply_memory_budget(paused);
             let mut timeout = Duration::from_millis(100);
             let mut polled = 0usize;
             while polled < BATCH_SIZE * self.shards.len() {
                 match self.consumer.poll(timeout) {
                     Some(Ok(message)) => {
-                        self.consumer
-                            .context()
-                            .advance(message.partition(), message.offset());
+                        let context = self.consumer.context();
+                        context.advance(message.partition(), message.offset());
+                        let generation = context.generation(message.partition());
                         let shard = shard_of(message.partition(), self.shards.len());
-                        batches[shard].push(ConsumedRecord::from_message(&message));
+                        batches[shard].push(ConsumedRecord::from_message(&message, generation));
                         polled += 1;
                         timeout = Duration::ZERO;
                     }
@@ -324,8 +393,162 @@ impl Poller {
                     return Err(AggregatorError::Fatal(format!("shard {shard} stopped")));
                 }
             }
+            self.report_assignment();
         }
         self.shut_down()
+    }
+
+    fn report_assignment(&self) {
+        let assigned = self
+            .consumer
+            .assignment()
+            .map(|list| list.count())
+            .unwrap_or(0);
+        self.health.set_assigned(assigned);
+    }
+
+    fn assigned(&self, partition: i32) -> bool {
+        self.consumer.assignment().is_ok_and(|list| {
+            list.elements()
+                .iter()
+                .any(|element| element.topic() == self.topic && element.partition() == partition)
+        })
+    }
+
+    fn partition_list(&self, partition: i32) -> TopicPartitionList {
+        let mut list = TopicPartitionList::new();
+        list.add_partition(&self.topic, partition);
+        list
+    }
+
+    /// Handles what the shards asked for since the last round.
+    fn handle_requests(&mut self, mode: CommitMode) {
+        let mut commits: HashMap<i32, i64> = HashMap::new();
+        while let Ok(request) = self.requests.try_recv() {
+            match request {
+                PollerRequest::Commit(offsets) => {
+                    for (partition, offset) in offsets {
+                        let entry = commits.entry(partition).or_insert(offset);
+                        *entry = (*entry).max(offset);
+                    }
+                }
+                PollerRequest::Seek { partition, offset } => {
+                    self.reposition(partition, Some(offset));
+                }
+                PollerRequest::Fenced { partition } => {
+                    if self.assigned(partition) {
+                        let _ = self.consumer.pause(&self.partition_list(partition));
+                        self.fenced.insert(partition, Instant::now());
+                        tracing::warn!(partition, wait = ?self.fence_wait, "fenced by a newer claim; paused until the group moves the partition or the wait ends");
+                    }
+                }
+                PollerRequest::Reclaim { partition } => self.reclaim(partition),
+                PollerRequest::Restart { partition, claim } => {
+                    if self.assigned(partition) {
+                        self.restart(partition, claim);
+                    }
+                }
+                PollerRequest::Failed {
+                    partition,
+                    expected,
+                } => {
+                    let _ = self.consumer.pause(&self.partition_list(partition));
+                    self.health.partition_failed(partition, expected);
+                }
+            }
+        }
+        self.commit(commits, mode);
+    }
+
+    /// Seeks `partition` to `offset` (the beginning for `None`) under a new generation and
+    /// tells its shard.
+    fn reposition(&self, partition: i32, offset: Option<i64>) -> Option<u64> {
+        if !self.assigned(partition) {
+            return None;
+        }
+        let context = self.consumer.context();
+        let generation = context.next_generation(partition, offset);
+        let target = offset.map_or(Offset::Beginning, Offset::Offset);
+        if let Err(error) =
+            self.consumer
+                .seek(&self.topic, partition, target, Duration::from_secs(10))
+        {
+            tracing::warn!(partition, ?offset, %error, "seek failed");
+        }
+        let shard = shard_of(partition, self.shards.len());
+        let _ = self.shards[shard].blocking_send(ShardCommand::Repositioned {
+            partition,
+            generation,
+        });
+        Some(generation)
+    }
+
+    /// Hands `partition` to its shard again under `claim`, reading from its resume point.
+    fn restart(&self, partition: i32, claim: Claim) {
+        let context = self.consumer.context();
+        let read_from = claim.resume.read_from;
+        let generation = context.next_generation(partition, read_from);
+        let shard = shard_of(partition, self.shards.len());
+        let _ = self.shards[shard].blocking_send(ShardCommand::Assign(vec![AssignedPartition {
+            partition,
+            claim,
+            generation,
+        }]));
+        let target = read_from.map_or(Offset::Beginning, Offset::Offset);
+        if let Err(error) =
+            self.consumer
+                .seek(&self.topic, partition, target, Duration::from_secs(10))
+        {
+            tracing::warn!(partition, %error, "seek after a restart failed");
+        }
+        let _ = self.consumer.resume(&self.partition_list(partition));
+    }
+
+    /// Claims `partition` again (if still assigned here) and reads it from there.
+    fn reclaim(&mut self, partition: i32) {
+        self.fenced.remove(&partition);
+        if !self.assigned(partition) {
+            return;
+        }
+        let context = self.consumer.context();
+        match context
+            .runtime
+            .block_on(context.claim_with_retry(partition))
+        {
+            Ok(claim) => self.restart(partition, claim),
+            Err(message) => context.set_fatal(message),
+        }
+    }
+
+    /// Claims again the fenced partitions still assigned here after the wait: the newer
+    /// claim came from a worker that no longer holds them (a late or stuck one).
+    fn reclaim_fenced(&mut self) {
+        let due: Vec<i32> = self
+            .fenced
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.fence_wait)
+            .map(|(partition, _)| *partition)
+            .collect();
+        for partition in due {
+            tracing::warn!(
+                partition,
+                "still assigned after being fenced; claiming it again"
+            );
+            self.reclaim(partition);
+        }
+    }
+
+    fn commit(&self, offsets: HashMap<i32, i64>, mode: CommitMode) {
+        if offsets.is_empty() {
+            return;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
+        }
+        if let Err(error) = self.consumer.commit(&list, mode) {
+            tracing::debug!(%error, "advisory offset commit failed");
+        }
     }
 
     /// Pauses every assigned partition while buffered state is over budget; resumes below 80 %.
@@ -384,9 +607,16 @@ impl Poller {
 
     /// Resumes, then seeks every partition to the offset after the last record handed to
     /// the shards: the pause dropped what librdkafka had prefetched, and fetching must go on
-    /// exactly there, never further on.
+    /// exactly there, never further on. Fenced and failed partitions stay paused.
     fn resume_at_positions(&self, assignment: &TopicPartitionList) {
-        if let Err(error) = self.consumer.resume(assignment) {
+        let mut resumable = TopicPartitionList::new();
+        for element in assignment.elements() {
+            let partition = element.partition();
+            if !self.fenced.contains_key(&partition) && !self.health.is_failed(partition) {
+                resumable.add_partition(element.topic(), partition);
+            }
+        }
+        if let Err(error) = self.consumer.resume(&resumable) {
             tracing::warn!(%error, "resuming after the pause failed");
         }
         let positions = self
@@ -397,6 +627,9 @@ impl Poller {
             .map(|positions| positions.clone())
             .unwrap_or_default();
         for (partition, next_offset) in positions {
+            if self.fenced.contains_key(&partition) || self.health.is_failed(partition) {
+                continue;
+            }
             if let Err(error) = self.consumer.seek(
                 &self.topic,
                 partition,
@@ -408,28 +641,8 @@ impl Poller {
         }
     }
 
-    fn commit_checkpointed(&self, mode: CommitMode) {
-        let mut latest: HashMap<i32, i64> = HashMap::new();
-        while let Ok(offsets) = self.commits.try_recv() {
-            for (partition, offset) in offsets {
-                let entry = latest.entry(partition).or_insert(offset);
-                *entry = (*entry).max(offset);
-            }
-        }
-        if latest.is_empty() {
-            return;
-        }
-        let mut list = TopicPartitionList::new();
-        for (partition, offset) in latest {
-            let _ = list.add_partition_offset(&self.topic, partition, Offset::Offset(offset));
-        }
-        if let Err(error) = self.consumer.commit(&list, mode) {
-            tracing::debug!(%error, "advisory offset commit failed");
-        }
-    }
-
     /// Flushes every shard, commits, and leaves the group.
-    fn shut_down(self) -> Result<(), AggregatorError> {
+    fn shut_down(mut self) -> Result<(), AggregatorError> {
         tracing::info!("shutting down: flushing every partition");
         let deadline = Instant::now() + self.shutdown_timeout;
         let mut waiting = Vec::new();
@@ -445,13 +658,13 @@ impl Poller {
         let mut unflushed = Vec::new();
         for finished in waiting {
             let remaining =
-                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+                deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(15);
             match finished.recv_timeout(remaining) {
                 Ok(partitions) => unflushed.extend(partitions),
                 Err(_) => unflushed.push(-1),
             }
         }
-        self.commit_checkpointed(CommitMode::Sync);
+        self.handle_requests(CommitMode::Sync);
         if unflushed.is_empty() {
             Ok(())
         } else {

@@ -1,24 +1,26 @@
-//! One flush of a shard: confirm dead letters, write minute rows and checkpoints, and on any
-//! failure remove what the failed attempt may have written before trying again.
+//! One flush of a shard: check the claims are still ours, confirm dead letters, archive raw
+//! records, write minute rows, then one commit per partition. When a write's outcome is
+//! unknown (an error or timeout after the rows were sent), what happened is read from
+//! ClickHouse, never guessed from the client error: see [`FlushTarget::settle`].
 //! See [`crate::checkpoint`] for why this gives exactly-once counts.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use topk_core::schema::{CheckpointRow, MinuteRow, INGEST_CHECKPOINTS, PLAYS_MINUTE};
+use topk_core::claims::{renew_claim, Claim, ClaimOwner};
+use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
 
 use topk_archive::ArchiveWriter;
 
-use crate::checkpoint::remove_uncheckpointed_rows;
+use crate::checkpoint::{kill_queries, spawn_cleanup};
 use crate::dead_letter::DeadLetterQueue;
 use crate::metrics;
-use crate::partition::PartitionFlush;
+use crate::partition::{ClaimState, PartitionFlush};
 
-/// The flush of several partitions of one shard, written as one insert of minute rows and
-/// one insert of checkpoints.
+/// The flush of several partitions of one shard: one insert of minute rows and one insert
+/// of commits.
 pub struct FlushBatch {
     pub partitions: Vec<PartitionFlush>,
-    /// Each partition's checkpoint before this flush (what a repair falls back to).
-    pub previous_checkpoints: Vec<(i32, Option<i64>)>,
 }
 
 impl FlushBatch {
@@ -26,15 +28,49 @@ impl FlushBatch {
         self.partitions.iter().map(|flush| flush.rows.len()).sum()
     }
 
-    /// The offset each partition is counted through once this batch is written.
-    pub fn flushed_offsets(&self) -> Vec<(i32, i64)> {
+    pub fn partition_ids(&self) -> Vec<i32> {
         self.partitions
             .iter()
-            .map(|flush| {
-                let offset = i64::try_from(flush.checkpoint.flush_offset).expect("offset fits i64");
-                (flush.partition, offset)
-            })
+            .map(|flush| flush.partition)
             .collect()
+    }
+}
+
+/// What became of one partition's share of a flush.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FlushResult {
+    /// Committed through `offset`; the partition goes on with `claim`.
+    Committed { offset: i64, claim: ClaimState },
+    /// A newer claim exists: this worker no longer owns the partition and wrote nothing that
+    /// counts.
+    Fenced,
+    /// The claim was renewed at another point than where this flush started: the partition
+    /// must be read again from the claim's resume point.
+    Restart(Claim),
+    /// Not committed before the deadline (nothing of it counts).
+    Abandoned,
+}
+
+/// The query ids of the inserts a flush has sent and not seen finish, so that whoever gives
+/// up on the flush can make sure they are gone from the server.
+#[derive(Debug, Clone, Default)]
+pub struct RunningQueries(Arc<Mutex<Vec<String>>>);
+
+impl RunningQueries {
+    fn start(&self, query_id: String) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.push(query_id);
+        }
+    }
+
+    fn finish(&self, query_id: &str) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.retain(|id| id != query_id);
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.0.lock().map(|ids| ids.clone()).unwrap_or_default()
     }
 }
 
@@ -42,7 +78,7 @@ impl FlushBatch {
 #[derive(Clone)]
 pub struct FlushTarget {
     pub client: clickhouse::Client,
-    pub topic: String,
+    pub owner: ClaimOwner,
     pub dead_letters: DeadLetterQueue,
     /// Where raw records are archived, when archiving is on.
     pub archive: Option<ArchiveWriter>,
@@ -50,115 +86,281 @@ pub struct FlushTarget {
     pub max_backoff: Duration,
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("flush not written before its deadline: {0}")]
-pub struct FlushDeadlineExceeded(pub String);
+/// Why an attempt failed, and whether anything of it may have reached the tables.
+struct AttemptFailure {
+    error: String,
+    /// The minute rows (or commits) were sent: whether they landed is unknown.
+    ambiguous: bool,
+}
 
 impl FlushTarget {
-    /// Writes the batch, retrying with capped exponential backoff until it succeeds or the
-    /// deadline (if any) passes. A batch that missed its deadline wrote no checkpoint, so its
-    /// events are re-read by whoever owns the partitions next.
+    /// Writes the batch, retrying with capped exponential backoff until every partition has
+    /// a result or the deadline (if any) passes.
     pub async fn write(
         &self,
-        batch: &mut FlushBatch,
+        mut batch: FlushBatch,
         label: &str,
         deadline: Option<Instant>,
-    ) -> Result<(), FlushDeadlineExceeded> {
+        running: &RunningQueries,
+    ) -> Vec<(i32, FlushResult)> {
+        let mut results = Vec::new();
         let mut backoff = Duration::from_millis(100);
         let mut attempt = 0u32;
-        let mut needs_repair = false;
+        let mut unsettled = false;
         loop {
-            attempt += 1;
-            let started = Instant::now();
-            let result = self.attempt(batch, needs_repair).await;
-            match result {
-                Ok(()) => {
-                    metrics::flush_succeeded(batch.rows(), started.elapsed());
-                    return Ok(());
-                }
-                Err(error) => {
-                    metrics::flush_failed();
-                    needs_repair = true;
-                    tracing::warn!(flush = label, attempt, %error, ?backoff, "flush failed, retrying");
-                    let next_try = Instant::now() + backoff;
-                    if deadline.is_some_and(|deadline| next_try >= deadline) {
-                        return Err(FlushDeadlineExceeded(error));
-                    }
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.max_backoff);
-                }
+            if batch.partitions.is_empty() {
+                return results;
             }
+            let started = Instant::now();
+            let failure = if unsettled {
+                match self.settle(&mut batch, running, &mut results).await {
+                    Ok(()) => {
+                        unsettled = false;
+                        continue;
+                    }
+                    Err(error) => AttemptFailure {
+                        error: format!("settling an unknown outcome: {error}"),
+                        ambiguous: true,
+                    },
+                }
+            } else {
+                attempt += 1;
+                match self
+                    .attempt(&mut batch, label, attempt, running, &mut results)
+                    .await
+                {
+                    Ok(()) => {
+                        metrics::flush_succeeded(batch.rows(), started.elapsed());
+                        results.extend(batch.partitions.drain(..).map(|flush| {
+                            let offset = flush.flush_offset();
+                            let claim = ClaimState {
+                                claim_id: flush.commit.claim_id,
+                                next_seq: flush.commit.flush_seq + 1,
+                            };
+                            (flush.partition, FlushResult::Committed { offset, claim })
+                        }));
+                        return results;
+                    }
+                    Err(failure) => failure,
+                }
+            };
+            metrics::flush_failed();
+            unsettled |= failure.ambiguous;
+            tracing::warn!(flush = label, attempt, error = %failure.error, ?backoff, "flush failed, retrying");
+            let next_try = Instant::now() + backoff;
+            if deadline.is_some_and(|deadline| next_try >= deadline) {
+                // Whatever is still running on the server is stopped before the partitions
+                // are handed on; what already landed is never committed by this claim (or is
+                // fenced by the next owner's claim).
+                if let Err(error) = kill_queries(&self.client, &running.ids()).await {
+                    tracing::warn!(flush = label, %error, "could not stop the abandoned flush's queries");
+                }
+                results.extend(
+                    batch
+                        .partitions
+                        .drain(..)
+                        .map(|flush| (flush.partition, FlushResult::Abandoned)),
+                );
+                return results;
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(self.max_backoff);
         }
     }
 
-    async fn attempt(&self, batch: &mut FlushBatch, needs_repair: bool) -> Result<(), String> {
-        if needs_repair {
-            for (partition, previous) in &batch.previous_checkpoints {
-                remove_uncheckpointed_rows(&self.client, &self.topic, *partition, *previous)
-                    .await
-                    .map_err(|error| format!("repair of partition {partition}: {error}"))?;
-            }
+    async fn attempt(
+        &self,
+        batch: &mut FlushBatch,
+        label: &str,
+        attempt: u32,
+        running: &RunningQueries,
+        results: &mut Vec<(i32, FlushResult)>,
+    ) -> Result<(), AttemptFailure> {
+        let clear = |error: String| AttemptFailure {
+            error,
+            ambiguous: false,
+        };
+        self.drop_fenced(batch, results)
+            .await
+            .map_err(|error| clear(format!("checking claims: {error}")))?;
+        if batch.partitions.is_empty() {
+            return Ok(());
         }
         for flush in &mut batch.partitions {
             self.dead_letters
                 .confirm(&mut flush.dead_letters)
                 .await
-                .map_err(|error| error.to_string())?;
+                .map_err(|error| clear(error.to_string()))?;
         }
         if let Some(archive) = &self.archive {
             for flush in batch.partitions.iter_mut().filter(|flush| !flush.archived) {
                 archive
-                    .put_segment(&self.topic, flush.partition, &flush.raw_records)
+                    .put_segment(&self.owner.topic, flush.partition, &flush.raw_records)
                     .await
-                    .map_err(|error| format!("archiving partition {}: {error}", flush.partition))?;
+                    .map_err(|error| {
+                        clear(format!("archiving partition {}: {error}", flush.partition))
+                    })?;
                 flush.archived = true;
             }
         }
+        let ambiguous = |error: String| AttemptFailure {
+            error,
+            ambiguous: true,
+        };
         let rows: Vec<&MinuteRow> = batch
             .partitions
             .iter()
             .flat_map(|flush| flush.rows.iter())
             .collect();
-        self.insert_rows(&rows)
+        if !rows.is_empty() {
+            let query_id = format!("{label}-{attempt}-rows");
+            self.insert(PLAYS_MINUTE, &rows, &query_id, running)
+                .await
+                .map_err(|error| ambiguous(format!("inserting minute rows: {error}")))?;
+        }
+        let commits: Vec<&FlushCommitRow> =
+            batch.partitions.iter().map(|flush| &flush.commit).collect();
+        let query_id = format!("{label}-{attempt}-commits");
+        self.insert(FLUSH_COMMITS, &commits, &query_id, running)
             .await
-            .map_err(|error| format!("inserting minute rows: {error}"))?;
-        let checkpoints: Vec<&CheckpointRow> = batch
+            .map_err(|error| ambiguous(format!("inserting commits: {error}")))
+    }
+
+    /// Removes from the batch the partitions whose newest claim is no longer the one the
+    /// flush was tagged with: another worker took them over.
+    async fn drop_fenced(
+        &self,
+        batch: &mut FlushBatch,
+        results: &mut Vec<(i32, FlushResult)>,
+    ) -> Result<(), clickhouse::error::Error> {
+        let partitions: Vec<u32> = batch
             .partitions
             .iter()
-            .map(|flush| &flush.checkpoint)
+            .map(|flush| flush.commit.kafka_partition)
             .collect();
-        self.insert_checkpoints(&checkpoints)
-            .await
-            .map_err(|error| format!("inserting checkpoints: {error}"))
+        let newest = topk_core::claims::newest_claims(&self.client, &partitions).await?;
+        let (ours, fenced): (Vec<PartitionFlush>, Vec<PartitionFlush>) =
+            batch.partitions.drain(..).partition(|flush| {
+                newest.get(&flush.commit.kafka_partition) == Some(&flush.commit.claim_id)
+            });
+        batch.partitions = ours;
+        for flush in fenced {
+            tracing::warn!(
+                partition = flush.partition,
+                claim = flush.commit.claim_id,
+                newest = ?newest.get(&flush.commit.kafka_partition),
+                "a newer claim owns the partition; dropping this worker's flush"
+            );
+            metrics::fenced();
+            results.push((flush.partition, FlushResult::Fenced));
+        }
+        Ok(())
     }
 
-    async fn insert_rows(&self, rows: &[&MinuteRow]) -> Result<(), clickhouse::error::Error> {
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let mut insert = self
-            .client
-            .insert::<MinuteRow>(PLAYS_MINUTE)
-            .await?
-            .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        for row in rows {
-            insert.write(*row).await?;
-        }
-        insert.end().await
-    }
-
-    async fn insert_checkpoints(
+    /// After a write whose outcome is unknown: makes sure no insert of the flush is still
+    /// running on the server, then renews each partition's claim. The renewed claim records
+    /// the latest commit the server has, which says whether this flush committed: if it
+    /// did, the partition goes on; if not, the flush is retried as the new claim's first
+    /// flush, and the old claim is capped below it, so whatever of the failed attempt lands
+    /// later never counts (and is removed in the background).
+    async fn settle(
         &self,
-        checkpoints: &[&CheckpointRow],
-    ) -> Result<(), clickhouse::error::Error> {
-        let mut insert = self
-            .client
-            .insert::<CheckpointRow>(INGEST_CHECKPOINTS)
-            .await?
-            .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
-        for checkpoint in checkpoints {
-            insert.write(*checkpoint).await?;
+        batch: &mut FlushBatch,
+        running: &RunningQueries,
+        results: &mut Vec<(i32, FlushResult)>,
+    ) -> Result<(), String> {
+        kill_queries(&self.client, &running.ids())
+            .await
+            .map_err(|error| format!("stopping the failed inserts: {error}"))?;
+        let mut retry = Vec::new();
+        for mut flush in std::mem::take(&mut batch.partitions) {
+            let old_claim = flush.commit.claim_id;
+            let seq = flush.commit.flush_seq;
+            let renewed = renew_claim(
+                &self.client,
+                &self.owner,
+                flush.commit.kafka_partition,
+                old_claim,
+            )
+            .await;
+            let claim = match renewed {
+                Ok(Some(claim)) => claim,
+                Ok(None) => {
+                    metrics::fenced();
+                    results.push((flush.partition, FlushResult::Fenced));
+                    continue;
+                }
+                Err(error) => {
+                    // Put everything not settled yet back, to settle again.
+                    retry.push(flush);
+                    batch.partitions = retry;
+                    return Err(format!("renewing the claim: {error}"));
+                }
+            };
+            metrics::claim_renewed();
+            if claim.parent_max_seq >= seq {
+                tracing::info!(
+                    partition = flush.partition,
+                    claim = claim.claim_id,
+                    "the failed flush had committed"
+                );
+                results.push((
+                    flush.partition,
+                    FlushResult::Committed {
+                        offset: flush.flush_offset(),
+                        claim: ClaimState::new(&claim),
+                    },
+                ));
+                continue;
+            }
+            spawn_cleanup(self.client.clone(), old_claim, claim.parent_max_seq);
+            if claim.resume.counted_through != flush.previous_offset {
+                tracing::warn!(
+                    partition = flush.partition,
+                    counted_through = ?claim.resume.counted_through,
+                    expected = ?flush.previous_offset,
+                    "renewed claim resumes elsewhere; re-reading the partition"
+                );
+                results.push((flush.partition, FlushResult::Restart(claim)));
+                continue;
+            }
+            tracing::info!(
+                partition = flush.partition,
+                claim = claim.claim_id,
+                "retrying the flush under a renewed claim"
+            );
+            flush.retag(claim.claim_id, 1);
+            retry.push(flush);
         }
-        insert.end().await
+        batch.partitions = retry;
+        Ok(())
+    }
+
+    /// One insert with its own `query_id`, bounded by the insert timeout.
+    async fn insert<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+        &self,
+        table: &str,
+        rows: &[&T],
+        query_id: &str,
+        running: &RunningQueries,
+    ) -> Result<(), clickhouse::error::Error> {
+        running.start(query_id.to_owned());
+        let result = async {
+            let mut insert = self
+                .client
+                .insert::<T>(table)
+                .await?
+                .with_setting("query_id", query_id)
+                .with_timeouts(Some(self.insert_timeout), Some(self.insert_timeout));
+            for row in rows {
+                insert.write(*row).await?;
+            }
+            insert.end().await
+        }
+        .await;
+        if result.is_ok() {
+            running.finish(query_id);
+        }
+        result
     }
 }

@@ -1,12 +1,16 @@
 //! `topk-aggregator`: Kafka play events to exactly-once per-minute counts in ClickHouse.
 //!
-//! - [`consumer`]: the polling thread, rebalances, routing, memory budget, advisory commits.
+//! - [`consumer`]: the polling thread, rebalances and claims, routing, memory budget,
+//!   advisory commits.
 //! - [`shard`]: parallel workers that parse, deduplicate, count and flush partitions.
 //! - [`partition`]: one partition's state; [`buffer`]: per-minute counts.
-//! - [`checkpoint`]: where a partition resumes, and why flushes are exactly-once.
-//! - [`flush`]: writing a flush (dead letters, raw-event archive, minute rows, checkpoints)
-//!   with retries and repair; [`dead_letter`]: rejected events.
-//! - [`metrics`]: Prometheus metrics and `/metrics` + `/healthz`.
+//! - [`checkpoint`]: why flushes count exactly once (claims, commits, the cases covered),
+//!   and the background removal of rows that never count.
+//! - [`flush`]: writing a flush (fence check, dead letters, raw-event archive, minute rows,
+//!   commits) with retries, settling unknown outcomes from ClickHouse;
+//!   [`dead_letter`]: rejected events.
+//! - [`health`]: `/healthz` (stalled loop, failed or unconsumed partitions);
+//!   [`metrics`]: Prometheus metrics and the endpoint.
 
 pub mod buffer;
 pub mod checkpoint;
@@ -15,6 +19,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod error;
 pub mod flush;
+pub mod health;
 pub mod metrics;
 pub mod partition;
 pub mod record;
@@ -26,12 +31,14 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use topk_core::claims::ClaimOwner;
+
 use crate::config::AggregatorConfig;
 use crate::consumer::{Poller, PollerParts};
 use crate::dead_letter::DeadLetterQueue;
 use crate::error::AggregatorError;
 use crate::flush::FlushTarget;
-use crate::metrics::Liveness;
+use crate::health::{Health, Monitor};
 use crate::shard::{Shard, ShardMemory, ShardSettings};
 
 /// Commands queued per shard before the polling thread waits.
@@ -47,20 +54,31 @@ pub async fn run(
     config: AggregatorConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), AggregatorError> {
-    let clickhouse = config.clickhouse.client();
+    config
+        .extra_consumer_properties()
+        .map_err(AggregatorError::Config)?;
+    let clickhouse = insert_settings(config.clickhouse.client()).await?;
     wait_for_schema(&clickhouse).await?;
+    let owner = ClaimOwner {
+        consumer_group: config.kafka_group_id.clone(),
+        topic: config.plays_topic.clone(),
+        worker: config.worker_name(),
+    };
+    topk_core::claims::check_owner(&clickhouse, &owner)
+        .await
+        .map_err(|error| AggregatorError::Config(error.to_string()))?;
     let dead_letters = DeadLetterQueue::new(
         &config.kafka_brokers,
         &config.dead_letter_topic,
         &config.plays_topic,
     )?;
-    let liveness = Arc::new(Liveness::default());
-    liveness.beat();
+    let health = Arc::new(Health::default());
+    health.beat();
     if !config.metrics_listen.is_empty() {
         let prometheus = topk_core::telemetry::install_metrics();
         let listener = tokio::net::TcpListener::bind(&config.metrics_listen).await?;
         tracing::info!(address = %listener.local_addr()?, "metrics endpoint listening");
-        let router = metrics::router(prometheus, liveness.clone());
+        let router = metrics::router(prometheus, health.clone());
         tokio::spawn(async move {
             if let Err(error) = axum::serve(listener, router).await {
                 tracing::error!(%error, "metrics endpoint stopped");
@@ -79,24 +97,22 @@ pub async fn run(
     let shard_count = config.shard_count();
     let memory: Arc<Vec<ShardMemory>> =
         Arc::new((0..shard_count).map(|_| ShardMemory::default()).collect());
-    let (commits_sender, commits) = std::sync::mpsc::channel();
+    let (requests_sender, requests) = std::sync::mpsc::channel();
     let settings = ShardSettings {
         target: FlushTarget {
             client: clickhouse.clone(),
-            topic: config.plays_topic.clone(),
+            owner: owner.clone(),
             dead_letters: dead_letters.clone(),
             archive,
             insert_timeout: INSERT_TIMEOUT,
             max_backoff: config.max_retry_backoff(),
         },
-        consumer_group: config.kafka_group_id.clone(),
-        worker: config.worker_name(),
         flush_interval: config.flush_interval(),
         max_buffer_rows: config.max_buffer_rows,
         dedup_horizon_ms: config.dedup_horizon_ms,
         archive: config.archive,
         memory: memory.clone(),
-        commits: commits_sender,
+        requests: requests_sender,
     };
     let mut shard_senders = Vec::with_capacity(shard_count);
     let mut shard_tasks = Vec::with_capacity(shard_count);
@@ -115,11 +131,19 @@ pub async fn run(
         PollerParts {
             shards: shard_senders,
             memory,
-            commits,
-            liveness,
-            clickhouse,
+            requests,
+            health: health.clone(),
+            clickhouse: clickhouse.clone(),
+            owner,
         },
     )?;
+    let monitor = Monitor::new(
+        &config.kafka_client_config(),
+        &config.plays_topic,
+        clickhouse,
+        config.flush_interval(),
+    )?;
+    tokio::spawn(monitor.run(health));
     tracing::info!(
         topic = %config.plays_topic,
         group = %config.kafka_group_id,
@@ -150,6 +174,24 @@ pub async fn run(
         tracing::info!("aggregator stopped cleanly");
     }
     result
+}
+
+/// The client's settings for the aggregator's writes: `async_insert = 0` where the server
+/// knows the setting (ClickHouse 18.16 does not; current releases turn it on by default,
+/// which would acknowledge an insert before its rows are in a part).
+async fn insert_settings(
+    client: clickhouse::Client,
+) -> Result<clickhouse::Client, AggregatorError> {
+    topk_core::db::wait_until_ready(&client, STARTUP_TIMEOUT).await?;
+    let known: u64 = client
+        .query("SELECT count() FROM system.settings WHERE name = 'async_insert'")
+        .fetch_one()
+        .await?;
+    Ok(if known > 0 {
+        client.with_setting("async_insert", "0")
+    } else {
+        client
+    })
 }
 
 async fn wait_for_schema(clickhouse: &clickhouse::Client) -> Result<(), AggregatorError> {

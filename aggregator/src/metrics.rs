@@ -7,9 +7,14 @@
 //! - `topk_aggregator_buffer_rows`, `topk_aggregator_buffer_bytes`: per shard
 //! - `topk_aggregator_consumer_lag{partition}`: from librdkafka statistics
 //! - `topk_aggregator_paused`: 1 while consumption is paused by the memory budget
-//! - `topk_aggregator_offset_gaps_total`: records skipped by the consumer (should stay 0)
+//! - `topk_aggregator_offset_gaps_total`: gaps in a partition's offsets, each answered by
+//!   reading the partition again from the missing offset (should stay 0)
+//! - `topk_aggregator_claims_total{reason}`: partitions claimed (`assigned`) or claims
+//!   renewed after a write with an unknown outcome (`renewed`)
+//! - `topk_aggregator_fenced_total`: flushes dropped because a newer claim owns the partition
+//! - `topk_aggregator_assigned_partitions`, `topk_aggregator_unconsumed_partitions`,
+//!   `topk_aggregator_failed_partitions`: see [`crate::health`]
 
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +25,7 @@ use axum::Router;
 use metrics_exporter_prometheus::PrometheusHandle;
 use topk_core::event::RejectReason;
 
+use crate::health::{Health, Verdict};
 use crate::partition::Outcome;
 
 /// Counts of one processed batch, recorded with one metrics call per outcome.
@@ -38,7 +44,7 @@ impl BatchOutcomes {
             Outcome::Counted => self.counted += 1,
             Outcome::Duplicate => self.duplicate += 1,
             Outcome::Replayed => self.replayed += 1,
-            Outcome::Skipped => self.skipped += 1,
+            Outcome::Skipped | Outcome::Gap { .. } => self.skipped += 1,
             Outcome::Rejected(reason) => self.rejected.push(reason),
         }
     }
@@ -88,49 +94,44 @@ pub fn paused(is_paused: bool) {
     metrics::gauge!("topk_aggregator_paused").set(if is_paused { 1.0 } else { 0.0 });
 }
 
-/// When the polling loop last went round, for `/healthz`.
-#[derive(Debug, Default)]
-pub struct Liveness {
-    last_poll_ms: AtomicI64,
+pub fn offset_gap() {
+    metrics::counter!("topk_aggregator_offset_gaps_total").increment(1);
 }
 
-impl Liveness {
-    pub fn beat(&self) {
-        self.last_poll_ms
-            .store(chrono::Utc::now().timestamp_millis(), Ordering::Relaxed);
-    }
+pub fn claimed() {
+    metrics::counter!("topk_aggregator_claims_total", "reason" => "assigned").increment(1);
+}
 
-    fn is_alive(&self) -> bool {
-        let last = self.last_poll_ms.load(Ordering::Relaxed);
-        chrono::Utc::now().timestamp_millis() - last < 60_000
-    }
+pub fn claim_renewed() {
+    metrics::counter!("topk_aggregator_claims_total", "reason" => "renewed").increment(1);
+}
+
+pub fn fenced() {
+    metrics::counter!("topk_aggregator_fenced_total").increment(1);
 }
 
 #[derive(Clone)]
 struct EndpointState {
     prometheus: PrometheusHandle,
-    liveness: Arc<Liveness>,
+    health: Arc<Health>,
 }
 
-/// `/metrics` (Prometheus text) and `/healthz` (200 while the polling loop runs).
-pub fn router(prometheus: PrometheusHandle, liveness: Arc<Liveness>) -> Router {
+/// `/metrics` (Prometheus text) and `/healthz` (200 while the worker does its job, 503 with
+/// the reason otherwise: see [`crate::health`]).
+pub fn router(prometheus: PrometheusHandle, health: Arc<Health>) -> Router {
     Router::new()
         .route("/metrics", get(render_metrics))
         .route("/healthz", get(healthz))
-        .with_state(EndpointState {
-            prometheus,
-            liveness,
-        })
+        .with_state(EndpointState { prometheus, health })
 }
 
 async fn render_metrics(State(state): State<EndpointState>) -> String {
     state.prometheus.render()
 }
 
-async fn healthz(State(state): State<EndpointState>) -> (StatusCode, &'static str) {
-    if state.liveness.is_alive() {
-        (StatusCode::OK, "ok\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "polling loop stalled\n")
+async fn healthz(State(state): State<EndpointState>) -> (StatusCode, String) {
+    match state.health.verdict() {
+        Verdict::Healthy => (StatusCode::OK, "ok\n".to_owned()),
+        Verdict::Unhealthy(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("{reason}\n")),
     }
 }

@@ -1,16 +1,17 @@
-//! The state of one assigned Kafka partition inside a shard: the duplicate filter, the counts
-//! since the last flush, dead letters awaiting acknowledgement, and where the checkpoint is.
+//! The state of one assigned Kafka partition inside a shard: its claim, the duplicate filter,
+//! the counts since the last flush, dead letters awaiting acknowledgement, and where reading
+//! and counting stand.
 
 use chrono::Utc;
+use topk_core::claims::Claim;
 use topk_core::dedup::{Deduplicator, ReplayPoint, Verdict};
 use topk_core::event::{parse_play_event, RejectReason};
-use topk_core::schema::{CheckpointRow, MinuteRow};
+use topk_core::schema::{FlushCommitRow, MinuteRow};
 use topk_core::window::Window;
 
 use topk_archive::ArchiveRecord;
 
 use crate::buffer::MinuteBuffer;
-use crate::checkpoint::{offset_column, ResumePoint};
 use crate::dead_letter::{DeadLetterQueue, PendingDeadLetter};
 use crate::record::ConsumedRecord;
 
@@ -22,16 +23,48 @@ pub enum Outcome {
     Rejected(RejectReason),
     /// Re-read below the checkpoint only to rebuild the duplicate filter.
     Replayed,
-    /// Delivered again by Kafka (at or below what was already processed).
+    /// Delivered again by Kafka (at or below what was already processed), or fetched before
+    /// the partition was last re-positioned.
     Skipped,
+    /// Records are missing before this one: nothing is processed until the partition is
+    /// read again from `expected`.
+    Gap {
+        expected: i64,
+    },
+}
+
+/// Which claim a partition's flushes are written under, and the next flush's sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimState {
+    pub claim_id: u64,
+    pub next_seq: u64,
+}
+
+impl ClaimState {
+    pub fn new(claim: &Claim) -> Self {
+        Self {
+            claim_id: claim.claim_id,
+            next_seq: 1,
+        }
+    }
 }
 
 pub struct PartitionState {
     pub partition: i32,
+    /// The claim this partition is written under.
+    pub claim: ClaimState,
+    /// The poller's positioning of the partition this state reads (records fetched before a
+    /// later seek carry an older generation and are dropped).
+    pub generation: u64,
     /// The last offset counted in ClickHouse.
     counted_through: Option<i64>,
     /// The last offset processed (counted in memory or re-read).
     processed_through: Option<i64>,
+    /// Set after a gap: the offset the partition is being re-read from.
+    awaiting: Option<i64>,
+    /// Set once re-reading could not close a gap below the checkpoint: the next such gap is
+    /// read past.
+    accept_gap_below_checkpoint: bool,
     dedup: Deduplicator,
     buffer: MinuteBuffer,
     dead_letters: Vec<PendingDeadLetter>,
@@ -46,25 +79,50 @@ pub struct PartitionState {
 pub struct PartitionFlush {
     pub partition: i32,
     pub rows: Vec<MinuteRow>,
-    pub checkpoint: CheckpointRow,
+    pub commit: FlushCommitRow,
+    /// The last offset counted before this flush (`None`: nothing).
+    pub previous_offset: Option<i64>,
     pub dead_letters: Vec<PendingDeadLetter>,
-    /// The raw records this flush covers, archived before its checkpoint.
+    /// The raw records this flush covers, archived before its commit.
     pub raw_records: Vec<ArchiveRecord>,
     /// Whether `raw_records` already reached the archive (a retried flush skips it).
     pub archived: bool,
 }
 
+impl PartitionFlush {
+    /// Moves this flush (rows and commit) to `claim`'s flush `flush_seq`: a retry after the
+    /// claim it was first tagged with was replaced.
+    pub fn retag(&mut self, claim_id: u64, flush_seq: u64) {
+        for row in &mut self.rows {
+            row.claim_id = claim_id;
+            row.flush_seq = flush_seq;
+        }
+        self.commit.claim_id = claim_id;
+        self.commit.flush_seq = flush_seq;
+    }
+
+    pub fn flush_offset(&self) -> i64 {
+        self.commit.flush_offset
+    }
+}
+
 impl PartitionState {
     pub fn resume(
         partition: i32,
-        resume: &ResumePoint,
+        claim: &Claim,
+        generation: u64,
         dedup_horizon_ms: i64,
         archive: bool,
     ) -> Self {
+        let resume = &claim.resume;
         Self {
             partition,
+            claim: ClaimState::new(claim),
+            generation,
             counted_through: resume.counted_through,
             processed_through: resume.read_from.map(|offset| offset - 1),
+            awaiting: None,
+            accept_gap_below_checkpoint: false,
             dedup: Deduplicator::starting_at(dedup_horizon_ms, resume.watermark_ms),
             buffer: MinuteBuffer::default(),
             dead_letters: Vec::new(),
@@ -75,15 +133,14 @@ impl PartitionState {
         }
     }
 
-    /// Decides on one record against the window ending now, and keeps it for the archive.
-    pub fn process(
-        &mut self,
-        record: ConsumedRecord,
-        window: &Window,
-        dead_letters: &DeadLetterQueue,
-    ) -> Outcome {
-        let outcome = self.decide(&record, window, dead_letters);
-        let newly_consumed = !matches!(outcome, Outcome::Replayed | Outcome::Skipped);
+    /// Decides on one record (against the window ending at the record's own timestamp, so a
+    /// replay decides it the same way), and keeps it for the archive.
+    pub fn process(&mut self, record: ConsumedRecord, dead_letters: &DeadLetterQueue) -> Outcome {
+        let outcome = self.decide(&record, dead_letters);
+        let newly_consumed = matches!(
+            outcome,
+            Outcome::Counted | Outcome::Duplicate | Outcome::Rejected(_)
+        );
         if let (true, Some(raw_records)) = (newly_consumed, self.raw_records.as_mut()) {
             self.raw_bytes += record.estimated_bytes();
             raw_records.push(record.raw);
@@ -91,34 +148,29 @@ impl PartitionState {
         outcome
     }
 
-    fn decide(
-        &mut self,
-        record: &ConsumedRecord,
-        window: &Window,
-        dead_letters: &DeadLetterQueue,
-    ) -> Outcome {
+    fn decide(&mut self, record: &ConsumedRecord, dead_letters: &DeadLetterQueue) -> Outcome {
         debug_assert_eq!(record.partition(), self.partition);
-        if self
-            .processed_through
-            .is_some_and(|processed| record.offset() <= processed)
-        {
+        if record.generation != self.generation || self.awaiting.is_some() {
             return Outcome::Skipped;
         }
         if let Some(processed) = self.processed_through {
-            if record.offset() > processed + 1 {
-                // Legitimate on compacted or transactional topics; on the plays topic it
-                // means records were skipped, so it is logged and counted.
-                tracing::warn!(
-                    partition = self.partition,
-                    after = processed,
-                    next = record.offset(),
-                    "gap in offsets"
-                );
-                metrics::counter!("topk_aggregator_offset_gaps_total").increment(1);
+            if record.offset() <= processed {
+                return Outcome::Skipped;
             }
+            let expected = processed + 1;
+            let accepted =
+                self.accept_gap_below_checkpoint && self.gap_is_below_checkpoint(expected);
+            if record.offset() > expected && !accepted {
+                // Records were skipped (a broker answering a fetch from inside a batch with
+                // the next one, retention, compaction): never count past them silently.
+                self.awaiting = Some(expected);
+                return Outcome::Gap { expected };
+            }
+            self.accept_gap_below_checkpoint = false;
         }
         self.processed_through = Some(record.offset());
-        let parsed = parse_play_event(&record.raw.payload, window);
+        let window = Window::for_record(record.raw.timestamp_ms);
+        let parsed = parse_play_event(&record.raw.payload, &window);
         let replaying = self
             .counted_through
             .is_some_and(|counted| record.offset() <= counted);
@@ -150,6 +202,26 @@ impl PartitionState {
         }
     }
 
+    /// The partition was positioned again (generation `generation`) at the offset a gap
+    /// asked for: records of that generation are processed again.
+    pub fn repositioned(&mut self, generation: u64) {
+        self.generation = generation;
+        self.awaiting = None;
+    }
+
+    /// Whether the records up to the processed offset are all in the filter, i.e. whether a
+    /// gap lies within the part re-read only to rebuild the duplicate filter.
+    pub fn gap_is_below_checkpoint(&self, expected: i64) -> bool {
+        self.counted_through
+            .is_some_and(|counted| expected <= counted)
+    }
+
+    /// Accepts the next gap below the checkpoint, which re-reading could not close (the
+    /// records are gone from Kafka): the filter is rebuilt without them.
+    pub fn accept_gap_below_checkpoint(&mut self) {
+        self.accept_gap_below_checkpoint = true;
+    }
+
     /// Whether records past the checkpoint are waiting to be flushed.
     pub fn has_unflushed(&self) -> bool {
         match (self.processed_through, self.counted_through) {
@@ -173,36 +245,57 @@ impl PartitionState {
         self.dedup.estimated_bytes()
     }
 
-    /// Takes everything since the last flush, if anything, as one partition's flush.
+    /// Takes everything since the last flush as one partition's flush, tagged with the next
+    /// flush of the claim. With `release`, a flush is taken even when nothing is new (an
+    /// empty commit that records the clean release of the claim).
     pub fn take_flush(
         &mut self,
         topic: &str,
         consumer_group: &str,
         worker: &str,
+        release: bool,
     ) -> Option<PartitionFlush> {
-        if !self.has_unflushed() {
+        if !self.has_unflushed() && !release {
             return None;
         }
-        let flush_offset = self
-            .processed_through
-            .expect("has_unflushed implies a processed offset");
+        let flush_offset = if self.has_unflushed() {
+            self.processed_through
+                .expect("has_unflushed implies a processed offset")
+        } else {
+            self.counted_through.unwrap_or(-1)
+        };
         let replay = self.dedup.compact().unwrap_or(ReplayPoint {
             offset: flush_offset + 1,
             watermark_ms: self.dedup.watermark_ms(),
         });
         let partition_column = u32::try_from(self.partition).expect("partitions are not negative");
-        let rows = self
-            .buffer
-            .drain_rows(topic, partition_column, offset_column(flush_offset));
-        let checkpoint = CheckpointRow {
+        let flush_seq = self.claim.next_seq;
+        self.claim.next_seq += 1;
+        let rows = self.buffer.drain_rows(
+            topic,
+            partition_column,
+            u64::try_from(flush_offset.max(0)).expect("non-negative"),
+            (self.claim.claim_id, flush_seq),
+        );
+        let mut minute_days: Vec<u16> = rows
+            .iter()
+            .map(|row| topk_core::window::day_number(row.minute.date_naive()))
+            .collect();
+        minute_days.sort_unstable();
+        minute_days.dedup();
+        let commit = FlushCommitRow {
+            consumer_group: consumer_group.to_owned(),
             topic: topic.to_owned(),
             kafka_partition: partition_column,
-            flush_offset: offset_column(flush_offset),
-            dedup_replay_from: offset_column(replay.offset),
+            claim_id: self.claim.claim_id,
+            flush_seq,
+            flush_offset,
+            dedup_replay_from: replay.offset,
             watermark_ms: replay.watermark_ms,
             events: std::mem::take(&mut self.events_since_flush),
             minute_rows: rows.len() as u64,
-            consumer_group: consumer_group.to_owned(),
+            minute_days,
+            released: u8::from(release),
             worker: worker.to_owned(),
             flushed_at: Utc::now(),
         };
@@ -216,17 +309,19 @@ impl PartitionState {
         Some(PartitionFlush {
             partition: self.partition,
             rows,
-            checkpoint,
+            commit,
+            previous_offset: self.counted_through,
             dead_letters: std::mem::take(&mut self.dead_letters),
             archived: raw_records.is_empty(),
             raw_records,
         })
     }
 
-    /// Records that a flush up to `offset` reached its checkpoint.
-    pub fn flushed_through(&mut self, offset: i64) {
+    /// Records that a flush up to `offset` was committed, and the claim to go on with.
+    pub fn committed_through(&mut self, offset: i64, claim: ClaimState) {
         debug_assert!(self.counted_through.is_none_or(|counted| offset >= counted));
         self.counted_through = Some(offset);
+        self.claim = claim;
     }
 
     pub fn counted_through(&self) -> Option<i64> {
@@ -238,6 +333,7 @@ impl PartitionState {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use topk_core::claims::ResumePoint;
 
     fn record(offset: i64, event_id: &str, ts: i64) -> ConsumedRecord {
         ConsumedRecord {
@@ -252,6 +348,7 @@ mod tests {
                 .into_bytes(),
             },
             headers: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -260,10 +357,20 @@ mod tests {
         DeadLetterQueue::new("127.0.0.1:1", "dead", "plays").unwrap()
     }
 
+    fn claim(resume: ResumePoint) -> Claim {
+        Claim {
+            claim_id: 7 << 32,
+            kafka_partition: 0,
+            parent_claim_id: 0,
+            parent_max_seq: 0,
+            parent_released: false,
+            resume,
+        }
+    }
+
     #[test]
     fn replays_below_the_checkpoint_count_only_after_it() {
         let now = Utc.with_ymd_and_hms(2026, 11, 24, 12, 0, 0).unwrap();
-        let window = Window::last_week(now);
         let ts = now.timestamp_millis() - 1_000;
         let dead_letters = no_broker();
         let resume = ResumePoint {
@@ -271,7 +378,7 @@ mod tests {
             read_from: Some(1),
             watermark_ms: i64::MIN,
         };
-        let mut state = PartitionState::resume(0, &resume, 600_000, true);
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, true);
         let outcomes: Vec<Outcome> = [
             record(0, "a", ts), // below the replay point: Kafka delivered it anyway
             record(1, "b", ts),
@@ -281,7 +388,7 @@ mod tests {
             record(4, "d", ts), // delivered twice by Kafka
         ]
         .into_iter()
-        .map(|record| state.process(record, &window, &dead_letters))
+        .map(|record| state.process(record, &dead_letters))
         .collect();
         assert_eq!(
             outcomes,
@@ -294,9 +401,16 @@ mod tests {
                 Outcome::Skipped,
             ]
         );
-        let flush = state.take_flush("plays", "group", "worker").unwrap();
-        assert_eq!(flush.checkpoint.flush_offset, 4);
+        let flush = state.take_flush("plays", "group", "worker", false).unwrap();
+        assert_eq!(flush.commit.flush_offset, 4);
+        assert_eq!(flush.commit.flush_seq, 1);
+        assert_eq!(flush.previous_offset, Some(2));
         assert_eq!(flush.rows.iter().map(|row| row.plays).sum::<u64>(), 1);
+        assert!(flush
+            .rows
+            .iter()
+            .all(|row| row.claim_id == 7 << 32 && row.flush_seq == 1));
+        assert_eq!(flush.commit.minute_days.len(), 1);
         // Only records consumed past the checkpoint go to the archive (once each).
         let archived: Vec<i64> = flush
             .raw_records
@@ -305,8 +419,68 @@ mod tests {
             .collect();
         assert_eq!(archived, vec![3, 4]);
         assert!(!flush.archived);
-        state.flushed_through(4);
+        let next_claim = state.claim.clone();
+        state.committed_through(4, next_claim);
         assert!(!state.has_unflushed());
-        assert!(state.take_flush("plays", "group", "worker").is_none());
+        assert!(state
+            .take_flush("plays", "group", "worker", false)
+            .is_none());
+        let release = state.take_flush("plays", "group", "worker", true).unwrap();
+        assert_eq!((release.commit.flush_seq, release.commit.released), (2, 1));
+        assert_eq!(release.commit.flush_offset, 4);
+        assert!(release.rows.is_empty());
+    }
+
+    #[test]
+    fn a_gap_stops_the_partition_until_it_is_read_again() {
+        let ts = Utc::now().timestamp_millis();
+        let dead_letters = no_broker();
+        let resume = ResumePoint {
+            counted_through: Some(9),
+            read_from: Some(10),
+            watermark_ms: i64::MIN,
+        };
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        assert_eq!(
+            state.process(record(10, "a", ts), &dead_letters),
+            Outcome::Counted
+        );
+        assert_eq!(
+            state.process(record(12, "c", ts), &dead_letters),
+            Outcome::Gap { expected: 11 }
+        );
+        // Until re-read from 11 (a new generation), nothing more is processed.
+        assert_eq!(
+            state.process(record(13, "d", ts), &dead_letters),
+            Outcome::Skipped
+        );
+        state.repositioned(1);
+        let mut again = record(11, "b", ts);
+        again.generation = 1;
+        assert_eq!(state.process(again, &dead_letters), Outcome::Counted);
+        let stale = record(12, "c", ts);
+        assert_eq!(state.process(stale, &dead_letters), Outcome::Skipped);
+        let flush = state.take_flush("plays", "g", "w", false).unwrap();
+        assert_eq!(flush.commit.flush_offset, 11);
+    }
+
+    #[test]
+    fn the_window_is_the_records_own() {
+        // A play 6 minutes ahead of its record's timestamp is rejected however late it is
+        // read: a replay decides it the same way.
+        let dead_letters = no_broker();
+        let resume = ResumePoint {
+            counted_through: None,
+            read_from: None,
+            watermark_ms: i64::MIN,
+        };
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        let record_time = Utc::now().timestamp_millis() - 3_600_000;
+        let mut ahead = record(0, "a", record_time + 6 * 60_000);
+        ahead.raw.timestamp_ms = Some(record_time);
+        assert_eq!(
+            state.decide(&ahead, &dead_letters),
+            Outcome::Rejected(RejectReason::TsInFuture)
+        );
     }
 }

@@ -10,10 +10,13 @@ use topk_archive::ArchiveRecord;
 pub struct ConsumedRecord {
     pub raw: ArchiveRecord,
     pub headers: Vec<(String, Vec<u8>)>,
+    /// How often the poller had positioned this partition when it fetched the record (see
+    /// `PartitionState::generation`).
+    pub generation: u64,
 }
 
 impl ConsumedRecord {
-    pub fn from_message(message: &BorrowedMessage<'_>) -> Self {
+    pub fn from_message(message: &BorrowedMessage<'_>, generation: u64) -> Self {
         let headers = message.headers().map_or_else(Vec::new, |headers| {
             headers
                 .iter()
@@ -34,6 +37,7 @@ impl ConsumedRecord {
                 payload: message.payload().map(<[u8]>::to_vec).unwrap_or_default(),
             },
             headers,
+            generation,
         }
     }
 

@@ -2,8 +2,8 @@
 //! and counts their records, and flushes them. Shards run in parallel on the runtime's
 //! threads, so both cores are used; partitions never move between shards.
 //!
-//! At most one flush per shard is in flight: checkpoints of a partition must be written in
-//! offset order. While it is in flight the shard keeps counting into fresh buffers; when
+//! At most one flush per shard is in flight: a claim's flushes of a partition are committed
+//! in order. While it is in flight the shard keeps counting into fresh buffers; when
 //! ClickHouse is down, buffers grow until the memory budget pauses consumption.
 
 use std::collections::{BTreeMap, HashMap};
@@ -13,25 +13,47 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use topk_core::window::Window;
+use topk_core::claims::Claim;
 
-use crate::checkpoint::ResumePoint;
-use crate::flush::{FlushBatch, FlushTarget};
+use crate::checkpoint::kill_queries;
+use crate::flush::{FlushBatch, FlushResult, FlushTarget, RunningQueries};
 use crate::metrics::{self, BatchOutcomes};
-use crate::partition::PartitionState;
+use crate::partition::{Outcome, PartitionState};
 use crate::record::ConsumedRecord;
 
-/// Partitions a revoke or shutdown could not flush before its deadline (not checkpointed:
+/// Partitions a revoke or shutdown could not flush before its deadline (not committed:
 /// their events are re-read by the next owner).
 pub type Unflushed = Vec<i32>;
 
+/// How often a gap is answered by reading the partition again from the missing offset
+/// before the partition is given up on.
+const GAP_SEEKS: u32 = 3;
+
+/// A partition handed to a shard: its claim, and the poller's positioning generation.
+#[derive(Debug, Clone)]
+pub struct AssignedPartition {
+    pub partition: i32,
+    pub claim: Claim,
+    pub generation: u64,
+}
+
 pub enum ShardCommand {
     Records(Vec<ConsumedRecord>),
-    Assign(Vec<(i32, ResumePoint)>),
+    Assign(Vec<AssignedPartition>),
+    /// The poller positioned the partition again (after a gap) under a new generation.
+    Repositioned {
+        partition: i32,
+        generation: u64,
+    },
     Revoke {
         partitions: Vec<i32>,
         deadline: Instant,
         done: std::sync::mpsc::Sender<Unflushed>,
+    },
+    /// The assignment was lost (the group moved on without this worker): drop the
+    /// partitions without writing anything.
+    Drop {
+        partitions: Vec<i32>,
     },
     Shutdown {
         deadline: Instant,
@@ -39,12 +61,30 @@ pub enum ShardCommand {
     },
 }
 
+/// What a shard asks of the polling thread.
+#[derive(Debug)]
+pub enum PollerRequest {
+    /// Offsets to commit to Kafka once committed in ClickHouse (advisory).
+    Commit(Vec<(i32, i64)>),
+    /// Read the partition again from `offset` (records are missing before it).
+    Seek { partition: i32, offset: i64 },
+    /// A newer claim owns the partition: stop reading it; claim it again only if it is
+    /// still assigned here once the group had time to move it.
+    Fenced { partition: i32 },
+    /// The partition's state was lost (a flush abandoned at a deadline, a claim renewed
+    /// elsewhere): claim it again and read it from there.
+    Reclaim { partition: i32 },
+    /// Read the partition again from the resume point of this (already made) claim.
+    Restart { partition: i32, claim: Claim },
+    /// Records are missing past the checkpoint and re-reading did not bring them: the
+    /// partition is not consumed any more (see `/healthz`).
+    Failed { partition: i32, expected: i64 },
+}
+
 /// What every shard shares.
 #[derive(Clone)]
 pub struct ShardSettings {
     pub target: FlushTarget,
-    pub consumer_group: String,
-    pub worker: String,
     pub flush_interval: Duration,
     pub max_buffer_rows: usize,
     pub dedup_horizon_ms: i64,
@@ -52,13 +92,13 @@ pub struct ShardSettings {
     pub archive: bool,
     /// Per-shard memory estimates, summed by the polling thread for the budget.
     pub memory: Arc<Vec<ShardMemory>>,
-    /// Offsets to commit to Kafka once checkpointed (advisory).
-    pub commits: std::sync::mpsc::Sender<Vec<(i32, i64)>>,
+    pub requests: std::sync::mpsc::Sender<PollerRequest>,
 }
 
 struct InFlight {
-    handle: JoinHandle<(FlushBatch, bool)>,
-    offsets: Vec<(i32, i64)>,
+    handle: JoinHandle<Vec<(i32, FlushResult)>>,
+    running: RunningQueries,
+    partitions: Vec<i32>,
     bytes: usize,
 }
 
@@ -66,6 +106,7 @@ pub struct Shard {
     id: usize,
     settings: ShardSettings,
     partitions: BTreeMap<i32, PartitionState>,
+    gap_seeks: HashMap<i32, u32>,
     in_flight: Option<InFlight>,
     flushes_started: u64,
 }
@@ -76,6 +117,7 @@ impl Shard {
             id,
             settings,
             partitions: BTreeMap::new(),
+            gap_seeks: HashMap::new(),
             in_flight: None,
             flushes_started: 0,
         }
@@ -94,11 +136,21 @@ impl Shard {
                     }
                 }
                 _ = ticker.tick() => self.start_flush(),
-                finished = wait_in_flight(&mut self.in_flight) => self.finish_flush(finished),
+                finished = wait_in_flight(&mut self.in_flight) => {
+                    self.in_flight = None;
+                    match finished {
+                        Ok(results) => self.apply_results(results),
+                        Err(error) => tracing::error!(shard = self.id, %error, "flush task failed"),
+                    }
+                }
             }
             self.report_memory();
         }
         self.report_memory();
+    }
+
+    fn request(&self, request: PollerRequest) {
+        let _ = self.settings.requests.send(request);
     }
 
     async fn handle(&mut self, command: ShardCommand) -> std::ops::ControlFlow<()> {
@@ -115,17 +167,32 @@ impl Shard {
                 }
             }
             ShardCommand::Assign(assigned) => {
-                for (partition, resume) in assigned {
-                    tracing::info!(shard = self.id, partition, ?resume, "partition assigned");
+                for AssignedPartition {
+                    partition,
+                    claim,
+                    generation,
+                } in assigned
+                {
+                    tracing::info!(shard = self.id, partition, claim = claim.claim_id, resume = ?claim.resume, "partition assigned");
+                    self.gap_seeks.remove(&partition);
                     self.partitions.insert(
                         partition,
                         PartitionState::resume(
                             partition,
-                            &resume,
+                            &claim,
+                            generation,
                             self.settings.dedup_horizon_ms,
                             self.settings.archive,
                         ),
                     );
+                }
+            }
+            ShardCommand::Repositioned {
+                partition,
+                generation,
+            } => {
+                if let Some(state) = self.partitions.get_mut(&partition) {
+                    state.repositioned(generation);
                 }
             }
             ShardCommand::Revoke {
@@ -135,6 +202,12 @@ impl Shard {
             } => {
                 let unflushed = self.flush_and_release(Some(&partitions), deadline).await;
                 let _ = done.send(unflushed);
+            }
+            ShardCommand::Drop { partitions } => {
+                for partition in &partitions {
+                    self.partitions.remove(partition);
+                }
+                tracing::warn!(shard = self.id, partitions = ?partitions, "assignment lost: partitions dropped without a final flush");
             }
             ShardCommand::Shutdown { deadline, done } => {
                 let unflushed = self.flush_and_release(None, deadline).await;
@@ -146,16 +219,65 @@ impl Shard {
     }
 
     fn process(&mut self, records: Vec<ConsumedRecord>) {
-        let window = Window::last_week(chrono::Utc::now());
         let mut outcomes = BatchOutcomes::default();
+        let mut gaps: Vec<(i32, i64)> = Vec::new();
         for record in records {
-            let Some(state) = self.partitions.get_mut(&record.partition()) else {
+            let partition = record.partition();
+            let Some(state) = self.partitions.get_mut(&partition) else {
                 // A record fetched before its partition was revoked: the next owner reads it.
                 continue;
             };
-            outcomes.add(state.process(record, &window, &self.settings.target.dead_letters));
+            let outcome = state.process(record, &self.settings.target.dead_letters);
+            if let Outcome::Gap { expected } = outcome {
+                gaps.push((partition, expected));
+            }
+            outcomes.add(outcome);
         }
         outcomes.record();
+        for (partition, expected) in gaps {
+            self.answer_gap(partition, expected);
+        }
+    }
+
+    /// Reads the partition again from the missing offset; when that keeps failing, accepts
+    /// the gap below the checkpoint (only the duplicate filter's rebuild misses the records)
+    /// or gives the partition up above it.
+    fn answer_gap(&mut self, partition: i32, expected: i64) {
+        metrics::offset_gap();
+        let seeks = self.gap_seeks.entry(partition).or_insert(0);
+        *seeks += 1;
+        let Some(state) = self.partitions.get_mut(&partition) else {
+            return;
+        };
+        if *seeks <= GAP_SEEKS {
+            tracing::warn!(
+                shard = self.id,
+                partition,
+                expected,
+                seeks = *seeks,
+                "records missing before this offset; reading the partition again from it"
+            );
+            self.request(PollerRequest::Seek {
+                partition,
+                offset: expected,
+            });
+            return;
+        }
+        if state.gap_is_below_checkpoint(expected) {
+            tracing::warn!(shard = self.id, partition, expected, "records below the checkpoint are gone from Kafka; the duplicate filter is rebuilt without them");
+            state.accept_gap_below_checkpoint();
+            self.request(PollerRequest::Seek {
+                partition,
+                offset: expected,
+            });
+            return;
+        }
+        tracing::error!(shard = self.id, partition, expected, "records past the checkpoint are missing and re-reading does not bring them: the partition is not consumed any more");
+        self.partitions.remove(&partition);
+        self.request(PollerRequest::Failed {
+            partition,
+            expected,
+        });
     }
 
     /// Starts a background flush of every partition with unflushed records, unless one is
@@ -164,142 +286,152 @@ impl Shard {
         if self.in_flight.is_some() {
             return;
         }
-        let Some(batch) = self.take_batch(None) else {
+        let Some(batch) = self.take_batch(None, false) else {
             return;
         };
-        let offsets = batch.flushed_offsets();
+        let partitions = batch.partition_ids();
         let bytes = batch_bytes(&batch);
         let target = self.settings.target.clone();
-        self.flushes_started += 1;
-        let label = format!(
-            "{}-{}-{}",
-            self.settings.worker, self.id, self.flushes_started
-        );
-        let handle = tokio::spawn(async move {
-            let mut batch = batch;
-            let written = target.write(&mut batch, &label, None).await.is_ok();
-            (batch, written)
-        });
+        let label = self.next_label();
+        let running = RunningQueries::default();
+        let running_for_task = running.clone();
+        let handle =
+            tokio::spawn(async move { target.write(batch, &label, None, &running_for_task).await });
         self.in_flight = Some(InFlight {
             handle,
-            offsets,
+            running,
+            partitions,
             bytes,
         });
     }
 
-    fn take_batch(&mut self, only: Option<&[i32]>) -> Option<FlushBatch> {
-        let mut batch = FlushBatch {
-            partitions: Vec::new(),
-            previous_checkpoints: Vec::new(),
-        };
-        for (partition, state) in &mut self.partitions {
-            if only.is_some_and(|only| !only.contains(partition)) {
-                continue;
-            }
-            let previous = state.counted_through();
-            if let Some(flush) = state.take_flush(
-                &self.settings.target.topic,
-                &self.settings.consumer_group,
-                &self.settings.worker,
-            ) {
-                batch.previous_checkpoints.push((*partition, previous));
-                batch.partitions.push(flush);
-            }
-        }
-        (!batch.partitions.is_empty()).then_some(batch)
+    fn next_label(&mut self) -> String {
+        self.flushes_started += 1;
+        format!(
+            "{}-{}-{}-{}",
+            self.settings.target.owner.worker,
+            self.id,
+            std::process::id(),
+            self.flushes_started
+        )
     }
 
-    fn finish_flush(&mut self, finished: Result<(FlushBatch, bool), tokio::task::JoinError>) {
-        let Some(in_flight) = self.in_flight.take() else {
-            return;
-        };
-        match finished {
-            Ok((_, true)) => self.mark_flushed(&in_flight.offsets),
-            Ok((_, false)) => {
-                tracing::error!(
-                    shard = self.id,
-                    "flush gave up without a deadline; this is a bug"
+    fn take_batch(&mut self, only: Option<&[i32]>, release: bool) -> Option<FlushBatch> {
+        let target = &self.settings.target;
+        let partitions: Vec<_> = self
+            .partitions
+            .iter_mut()
+            .filter(|(partition, _)| only.is_none_or(|only| only.contains(partition)))
+            .filter_map(|(_, state)| {
+                state.take_flush(
+                    &target.owner.topic,
+                    &target.owner.consumer_group,
+                    &target.owner.worker,
+                    release,
                 )
+            })
+            .collect();
+        (!partitions.is_empty()).then_some(FlushBatch { partitions })
+    }
+
+    fn apply_results(&mut self, results: Vec<(i32, FlushResult)>) {
+        let mut commits = Vec::new();
+        for (partition, result) in results {
+            match result {
+                FlushResult::Committed { offset, claim } => {
+                    if let Some(state) = self.partitions.get_mut(&partition) {
+                        state.committed_through(offset, claim);
+                        self.gap_seeks.remove(&partition);
+                    }
+                    commits.push((partition, offset + 1));
+                }
+                FlushResult::Fenced => {
+                    self.partitions.remove(&partition);
+                    self.request(PollerRequest::Fenced { partition });
+                }
+                FlushResult::Restart(claim) => {
+                    self.partitions.remove(&partition);
+                    self.request(PollerRequest::Restart { partition, claim });
+                }
+                FlushResult::Abandoned => {
+                    if self.partitions.remove(&partition).is_some() {
+                        self.request(PollerRequest::Reclaim { partition });
+                    }
+                }
             }
-            Err(error) => tracing::error!(shard = self.id, %error, "flush task failed"),
+        }
+        if !commits.is_empty() {
+            self.request(PollerRequest::Commit(commits));
         }
     }
 
-    fn mark_flushed(&mut self, offsets: &[(i32, i64)]) {
-        for (partition, offset) in offsets {
-            if let Some(state) = self.partitions.get_mut(partition) {
-                state.flushed_through(*offset);
-            }
-        }
-        let commits: Vec<(i32, i64)> = offsets.iter().map(|(p, o)| (*p, o + 1)).collect();
-        let _ = self.settings.commits.send(commits);
-    }
-
-    /// Flushes (some or all) partitions before letting them go, within the deadline.
+    /// Flushes (some or all) partitions before letting them go, within the deadline, and
+    /// records the clean release in their last commit.
     async fn flush_and_release(&mut self, only: Option<&[i32]>, deadline: Instant) -> Unflushed {
+        let releasing = |partition: &i32| only.is_none_or(|only| only.contains(partition));
         let mut unflushed: Vec<i32> = Vec::new();
         if let Some(in_flight) = self.in_flight.take() {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let mut handle = in_flight.handle;
             match tokio::time::timeout(remaining, &mut handle).await {
-                Ok(Ok((_, true))) => self.mark_flushed(&in_flight.offsets),
+                Ok(Ok(results)) => self.apply_results(results),
                 _ => {
-                    // Abandon it: no checkpoint was written, so the next owner re-reads
-                    // these offsets, after waiting for inserts still running (see checkpoint).
+                    // Abandon it, and make sure its inserts are gone from the server before
+                    // the partitions are handed on. Whatever of it landed is above the cap
+                    // the next claim records, so it never counts.
                     handle.abort();
-                    let abandoned: Vec<i32> = in_flight.offsets.iter().map(|(p, _)| *p).collect();
-                    tracing::warn!(shard = self.id, partitions = ?abandoned, "in-flight flush abandoned at deadline");
-                    let kept: Vec<i32> = abandoned
-                        .iter()
-                        .copied()
-                        .filter(|p| only.is_some_and(|only| !only.contains(p)))
-                        .collect();
-                    if !kept.is_empty() {
-                        // Their drained counts are gone with the aborted task; going on would
-                        // checkpoint past them. Restarting re-reads them from the checkpoint.
-                        tracing::error!(shard = self.id, partitions = ?kept, "abandoned a flush of partitions this worker keeps; exiting to re-read them");
-                        std::process::exit(1);
+                    if let Err(error) =
+                        kill_queries(&self.settings.target.client, &in_flight.running.ids()).await
+                    {
+                        tracing::warn!(shard = self.id, %error, "could not stop the abandoned flush's queries");
                     }
-                    unflushed.extend(abandoned);
+                    tracing::warn!(shard = self.id, partitions = ?in_flight.partitions, "in-flight flush abandoned at deadline");
+                    for partition in in_flight.partitions {
+                        // Its drained counts are gone with the task: a partition kept here
+                        // is claimed again and re-read from its last commit.
+                        if self.partitions.remove(&partition).is_some() {
+                            if releasing(&partition) {
+                                unflushed.push(partition);
+                            } else {
+                                self.request(PollerRequest::Reclaim { partition });
+                            }
+                        }
+                    }
                 }
             }
         }
-        if unflushed.is_empty() {
-            if let Some(mut batch) = self.take_batch(only) {
-                let offsets = batch.flushed_offsets();
-                let label = format!("{}-{}-final", self.settings.worker, self.id);
-                match self
-                    .settings
-                    .target
-                    .write(&mut batch, &label, Some(deadline))
-                    .await
-                {
-                    Ok(()) => self.mark_flushed(&offsets),
-                    Err(error) => {
-                        tracing::warn!(shard = self.id, %error, "final flush not written");
-                        unflushed.extend(offsets.iter().map(|(p, _)| *p));
-                    }
+        if let Some(batch) = self.take_batch(only, true) {
+            let label = format!("{}-final", self.next_label());
+            let results = self
+                .settings
+                .target
+                .write(batch, &label, Some(deadline), &RunningQueries::default())
+                .await;
+            for (partition, result) in &results {
+                if !matches!(result, FlushResult::Committed { .. }) {
+                    unflushed.push(*partition);
                 }
             }
-        } else {
-            // State after an abandoned flush is incomplete; drop it all unflushed.
-            unflushed.extend(
-                self.partitions
-                    .iter()
-                    .filter(|(p, state)| {
-                        only.is_none_or(|only| only.contains(p)) && state.has_unflushed()
-                    })
-                    .map(|(p, _)| *p),
-            );
+            let commits: Vec<(i32, i64)> = results
+                .iter()
+                .filter_map(|(partition, result)| match result {
+                    FlushResult::Committed { offset, .. } => Some((*partition, offset + 1)),
+                    _ => None,
+                })
+                .collect();
+            if !commits.is_empty() {
+                self.request(PollerRequest::Commit(commits));
+            }
         }
         let released: Vec<i32> = self
             .partitions
             .keys()
             .copied()
-            .filter(|p| only.is_none_or(|only| only.contains(p)))
+            .filter(|partition| releasing(partition))
             .collect();
         for partition in &released {
             self.partitions.remove(partition);
+            self.gap_seeks.remove(partition);
         }
         tracing::info!(shard = self.id, released = ?released, unflushed = ?unflushed, "partitions released");
         unflushed.sort_unstable();
@@ -337,7 +469,7 @@ impl Shard {
 
 async fn wait_in_flight(
     in_flight: &mut Option<InFlight>,
-) -> Result<(FlushBatch, bool), tokio::task::JoinError> {
+) -> Result<Vec<(i32, FlushResult)>, tokio::task::JoinError> {
     match in_flight {
         Some(in_flight) => (&mut in_flight.handle).await,
         None => std::future::pending().await,
@@ -349,7 +481,7 @@ fn batch_bytes(batch: &FlushBatch) -> usize {
         .partitions
         .iter()
         .flat_map(|flush| flush.rows.iter())
-        .map(|row| row.user_id.len() + row.song_id.len() + row.topic.len() + 64)
+        .map(|row| row.user_id.len() + row.song_id.len() + row.topic.len() + 80)
         .sum();
     let raw: usize = batch
         .partitions

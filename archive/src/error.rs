@@ -38,6 +38,9 @@ pub enum ArchiveError {
     /// A ClickHouse statement of the restore failed.
     #[error("clickhouse: {0}")]
     ClickHouse(#[from] clickhouse::error::Error),
+    /// The restore could not claim a partition (see `topk_core::claims`).
+    #[error("claiming a partition for the restore: {0}")]
+    Claim(String),
 }
 
 impl ArchiveError {

@@ -2,10 +2,13 @@
 //!
 //! [`rebuild_minute_counts`] replays a topic's archived records, partition by partition in
 //! offset order, through the aggregator's own rules: [`parse_play_event`] against the 7-day
-//! window, then one [`Deduplicator`] per partition, then a count per (user, song, UTC minute).
-//! [`restore_days`] then swaps each rebuilt day into `plays_minute` atomically (one
-//! `REPLACE PARTITION` per day from a staging table), so readers never see half a day and a
-//! second run leaves the same table. The rollup must be re-run for those days afterwards.
+//! window ending at the record's timestamp, then one [`Deduplicator`] per partition, then a
+//! count per (user, song, UTC minute). [`restore_days`] then commits the restored rows under
+//! the restore's own claims (see `topk_core::claims`: the restore takes the partitions over
+//! like a writer, so a stray aggregator is fenced) and swaps each rebuilt day into
+//! `plays_minute` atomically (one `REPLACE PARTITION` per day from a staging table), so
+//! readers never see half a day and a second run leaves the same table. The rollup must be
+//! re-run for those days afterwards.
 //!
 //! Which object dates to scan: an event of day D is consumed at the earliest a few minutes
 //! before D (the contract allows event times up to 5 minutes in the future) and at the latest
@@ -20,11 +23,14 @@ use std::time::Instant;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures::TryStreamExt;
+use topk_core::claims::{claim_partition, ClaimOwner};
+use topk_core::committed::CommittedFlushes;
 use topk_core::db::ClickHouseOptions;
+use topk_core::dedup::ReplayPoint;
 use topk_core::dedup::{Deduplicator, Verdict};
 use topk_core::event::parse_play_event;
 use topk_core::migrate::quote_identifier;
-use topk_core::schema::{MinuteRow, INGEST_CHECKPOINTS, PLAYS_MINUTE};
+use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
 use topk_core::window::{minute_bucket_secs, utc_day_of_ms, Window, WINDOW_DAYS};
 
 use crate::error::ArchiveError;
@@ -71,11 +77,11 @@ pub struct RebuildRequest {
     /// The aggregator's duplicate horizon.
     pub dedup_horizon_ms: i64,
     /// The last offset to count per partition (inclusive); partitions absent from the map
-    /// count nothing. Pass the aggregator's checkpoints ([`checkpointed_offsets`]) so the
-    /// restored table holds exactly what the aggregator had counted: records archived past a
-    /// checkpoint (a crash between archiving and checkpointing) are counted by the
+    /// count nothing. Pass what the aggregator had committed (the restore's claims resume
+    /// there) so the restored table holds exactly what the aggregator had counted: records
+    /// archived past a commit (a crash between archiving and committing) are counted by the
     /// aggregator's own replay, and must not be counted twice. `None` counts every archived
-    /// record (the checkpoints are gone too).
+    /// record (the commits are gone too).
     pub counted_up_to: Option<BTreeMap<i32, i64>>,
 }
 
@@ -112,6 +118,9 @@ pub struct PartitionMinutes {
     pub past_checkpoint: u64,
     /// Plays counted for the requested days.
     pub plays: u64,
+    /// Where an aggregator resuming after `last_offset` would rebuild its duplicate filter
+    /// from (the filter's replay point at the end of the replay).
+    pub replay_point: Option<ReplayPoint>,
 }
 
 /// The replay of one partition, record by record (no I/O, so it is unit-testable).
@@ -137,13 +146,9 @@ impl PartitionReplay {
         }
     }
 
-    /// Replays one record; records must come in offset order.
-    ///
-    /// The aggregator checks an event against the window ending when it consumed the event.
-    /// That moment is not archived; the record's Kafka timestamp (when the broker or producer
-    /// stamped it, normally moments earlier) stands in for it. The two differ only for events
-    /// within those moments of the window's start or of the 5-minute future limit. A record
-    /// without a timestamp is checked against the contract only.
+    /// Replays one record; records must come in offset order. Each record is judged against
+    /// the window ending at its Kafka timestamp, exactly as the aggregator judged it
+    /// (`Window::for_record`).
     pub fn observe(&mut self, record: &ArchiveRecord) {
         debug_assert!(
             self.minutes
@@ -160,16 +165,7 @@ impl PartitionReplay {
             return;
         }
         self.minutes.last_offset = Some(record.offset);
-        let window = record
-            .timestamp_ms
-            .and_then(DateTime::<Utc>::from_timestamp_millis)
-            .map_or(
-                Window {
-                    from: DateTime::<Utc>::MIN_UTC,
-                    to: DateTime::<Utc>::MAX_UTC,
-                },
-                Window::last_week,
-            );
+        let window = Window::for_record(record.timestamp_ms);
         let Ok(event) = parse_play_event(&record.payload, &window) else {
             self.minutes.rejected += 1;
             return;
@@ -194,7 +190,11 @@ impl PartitionReplay {
             .or_default() += 1;
     }
 
-    pub fn finish(self) -> PartitionMinutes {
+    pub fn finish(mut self) -> PartitionMinutes {
+        self.minutes.replay_point = Some(self.deduplicator.compact().unwrap_or(ReplayPoint {
+            offset: self.minutes.last_offset.map_or(0, |offset| offset + 1),
+            watermark_ms: self.deduplicator.watermark_ms(),
+        }));
         self.minutes
     }
 }
@@ -220,10 +220,19 @@ impl RebuiltMinutes {
     }
 
     /// The `plays_minute` rows of one day: one per (partition, user, song, minute), each
-    /// marked with the topic, the partition and its last replayed offset.
-    pub fn rows_for_day(&self, day: NaiveDate) -> Vec<MinuteRow> {
+    /// marked with the topic, the partition, its last replayed offset and the
+    /// `(claim_id, flush_seq)` in `commits` that makes it count (partitions without one have
+    /// no rows).
+    pub fn rows_for_day(
+        &self,
+        day: NaiveDate,
+        commits: &BTreeMap<i32, RestoreCommit>,
+    ) -> Vec<MinuteRow> {
         let mut rows = Vec::new();
         for (partition, minutes) in &self.partitions {
+            let Some(commit) = commits.get(partition) else {
+                continue;
+            };
             let flush_offset = minutes.last_offset.unwrap_or(0).max(0) as u64;
             for ((user_id, song_id, minute_secs), plays) in &minutes.counts {
                 let minute = DateTime::<Utc>::from_timestamp(*minute_secs, 0)
@@ -239,6 +248,8 @@ impl RebuiltMinutes {
                     topic: self.topic.clone(),
                     kafka_partition: *partition as u32,
                     flush_offset,
+                    claim_id: commit.claim_id,
+                    flush_seq: RESTORE_FLUSH_SEQ,
                 });
             }
         }
@@ -336,26 +347,80 @@ pub struct RestoredDay {
     pub plays: u64,
 }
 
-/// Replaces every day of `rebuilt.event_days` in `plays_minute` with the rebuilt rows, one
-/// atomic `REPLACE PARTITION` per day (a day with no rebuilt rows is dropped: it ends up
-/// empty). Running it
-/// twice leaves the same table. Rows the aggregator writes for those days meanwhile are
-/// replaced too: restore days the aggregator no longer receives events for, or stop it.
+/// The flush sequence of the restore's one flush per claim.
+pub const RESTORE_FLUSH_SEQ: u64 = 1;
+
+/// How a partition's restored rows count: the restore's claim of the partition, and where
+/// the aggregator resumes after the restore (the restored rows cover the partition up to
+/// `flush_offset`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoreCommit {
+    pub claim_id: u64,
+    pub flush_offset: i64,
+    pub dedup_replay_from: i64,
+    pub watermark_ms: i64,
+}
+
+/// Replaces every day of `rebuilt.event_days` in `plays_minute` with the rebuilt rows:
+/// first one released commit per partition of `commits` (so the rows count from the moment
+/// they are swapped in), then one atomic `REPLACE PARTITION` per day (a day with no rebuilt
+/// rows is dropped: it ends up empty). Running it twice leaves the same table.
 pub async fn restore_days(
     clickhouse: &ClickHouseOptions,
     rebuilt: &RebuiltMinutes,
+    owner: &ClaimOwner,
+    commits: &BTreeMap<i32, RestoreCommit>,
 ) -> Result<Vec<RestoredDay>, ArchiveError> {
     let client = clickhouse.client();
-    let staging = quote_identifier(STAGING_TABLE);
-    let target = quote_identifier(PLAYS_MINUTE);
-    let mut restored = Vec::new();
-    let days = rebuilt
+    let days: Vec<NaiveDate> = rebuilt
         .event_days
         .start()
         .iter_days()
-        .take_while(|day| day <= rebuilt.event_days.end());
+        .take_while(|day| day <= rebuilt.event_days.end())
+        .collect();
+    let mut insert = client.insert::<FlushCommitRow>(FLUSH_COMMITS).await?;
+    for (partition, commit) in commits {
+        let row_days: Vec<u16> = days
+            .iter()
+            .copied()
+            .filter(|day| {
+                rebuilt.partitions.get(partition).is_some_and(|minutes| {
+                    minutes
+                        .counts
+                        .keys()
+                        .any(|(_, _, minute)| utc_day_of_ms(minute * 1000) == Some(*day))
+                })
+            })
+            .map(topk_core::window::day_number)
+            .collect();
+        insert
+            .write(&FlushCommitRow {
+                consumer_group: owner.consumer_group.clone(),
+                topic: owner.topic.clone(),
+                kafka_partition: u32::try_from(*partition).unwrap_or_default(),
+                claim_id: commit.claim_id,
+                flush_seq: RESTORE_FLUSH_SEQ,
+                flush_offset: commit.flush_offset,
+                dedup_replay_from: commit.dedup_replay_from,
+                watermark_ms: commit.watermark_ms,
+                events: rebuilt
+                    .partitions
+                    .get(partition)
+                    .map_or(0, |minutes| minutes.records),
+                minute_rows: 0,
+                minute_days: row_days,
+                released: 1,
+                worker: owner.worker.clone(),
+                flushed_at: Utc::now(),
+            })
+            .await?;
+    }
+    insert.end().await?;
+    let staging = quote_identifier(STAGING_TABLE);
+    let target = quote_identifier(PLAYS_MINUTE);
+    let mut restored = Vec::new();
     for day in days {
-        let rows = rebuilt.rows_for_day(day);
+        let rows = rebuilt.rows_for_day(day, commits);
         let partition = day.format("%Y-%m-%d").to_string();
         if rows.is_empty() {
             // ClickHouse 26.6+ refuses REPLACE PARTITION from an empty source partition (older
@@ -402,26 +467,71 @@ pub async fn restore_days(
     Ok(restored)
 }
 
-/// The aggregator's checkpoint of each partition of `topic`: the last offset counted in
-/// `plays_minute`. Empty when the aggregator never checkpointed the topic.
-pub async fn checkpointed_offsets(
-    clickhouse: &ClickHouseOptions,
-    topic: &str,
-) -> Result<BTreeMap<i32, i64>, ArchiveError> {
-    let rows: Vec<(u32, u64)> = clickhouse
-        .client()
-        .query(&format!(
-            "SELECT kafka_partition, max(flush_offset) FROM {} WHERE topic = ? \
-             GROUP BY kafka_partition",
-            quote_identifier(INGEST_CHECKPOINTS)
-        ))
-        .bind(topic)
-        .fetch_all()
-        .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(partition, offset)| (partition as i32, offset as i64))
-        .collect())
+/// Claims, for a restore, every partition that has a commit (see `topk_core::claims`: a
+/// running writer is fenced), returning for each where the restored rows end: where the
+/// partition was committed through.
+pub async fn claim_committed_partitions(
+    client: &clickhouse::Client,
+    owner: &ClaimOwner,
+    committed: &CommittedFlushes,
+) -> Result<BTreeMap<i32, RestoreCommit>, ArchiveError> {
+    let mut commits = BTreeMap::new();
+    for partition in committed.partitions() {
+        let claim = claim_partition(client, owner, partition.kafka_partition)
+            .await
+            .map_err(|error| ArchiveError::Claim(error.to_string()))?;
+        commits.insert(
+            partition.kafka_partition as i32,
+            RestoreCommit {
+                claim_id: claim.claim_id,
+                flush_offset: claim.resume.counted_through.unwrap_or(-1),
+                dedup_replay_from: claim.resume.read_from.unwrap_or(0),
+                watermark_ms: claim.resume.watermark_ms,
+            },
+        );
+    }
+    Ok(commits)
+}
+
+/// Claims, for a restore into a database where nothing was ever committed, every replayed
+/// partition: everything archived counts, and an aggregator resumes after it.
+pub async fn claim_replayed_partitions(
+    client: &clickhouse::Client,
+    owner: &ClaimOwner,
+    rebuilt: &RebuiltMinutes,
+) -> Result<BTreeMap<i32, RestoreCommit>, ArchiveError> {
+    let mut commits = BTreeMap::new();
+    for (partition, minutes) in &rebuilt.partitions {
+        let kafka_partition =
+            u32::try_from(*partition).map_err(|error| ArchiveError::Claim(error.to_string()))?;
+        let claim = claim_partition(client, owner, kafka_partition)
+            .await
+            .map_err(|error| ArchiveError::Claim(error.to_string()))?;
+        let replay = minutes.replay_point.unwrap_or(ReplayPoint {
+            offset: 0,
+            watermark_ms: i64::MIN,
+        });
+        commits.insert(
+            *partition,
+            RestoreCommit {
+                claim_id: claim.claim_id,
+                flush_offset: minutes.last_offset.unwrap_or(-1),
+                dedup_replay_from: replay.offset,
+                watermark_ms: replay.watermark_ms,
+            },
+        );
+    }
+    Ok(commits)
+}
+
+/// The offsets a restore counts each partition up to (`None`: every archived record).
+pub fn counted_up_to(commits: &BTreeMap<i32, RestoreCommit>) -> Option<BTreeMap<i32, i64>> {
+    (!commits.is_empty()).then(|| {
+        commits
+            .iter()
+            .map(|(partition, commit)| (*partition, commit.flush_offset))
+            .collect()
+    })
 }
 
 fn format_days(days: &RangeInclusive<NaiveDate>) -> String {
@@ -518,12 +628,29 @@ mod tests {
         assert!(duplicates > 0, "retries were generated and dropped");
     }
 
+    /// A commit for every replayed partition, as a restore would make.
+    fn commits(rebuilt: &RebuiltMinutes) -> BTreeMap<i32, RestoreCommit> {
+        rebuilt
+            .partitions
+            .keys()
+            .map(|partition| {
+                let commit = RestoreCommit {
+                    claim_id: (1 << 32) | (*partition as u64) << 16,
+                    flush_offset: 0,
+                    dedup_replay_from: 0,
+                    watermark_ms: 0,
+                };
+                (*partition, commit)
+            })
+            .collect()
+    }
+
     fn all_days_rows(rebuilt: &RebuiltMinutes) -> u64 {
         let days = rebuilt.event_days.clone();
         days.start()
             .iter_days()
             .take_while(|day| day <= days.end())
-            .flat_map(|day| rebuilt.rows_for_day(day))
+            .flat_map(|day| rebuilt.rows_for_day(day, &commits(rebuilt)))
             .map(|row| row.plays)
             .sum()
     }
@@ -539,7 +666,9 @@ mod tests {
         assert!(!expected.is_empty(), "the spread crosses midnight");
         let rebuilt = replay_all(&archived(&spec, 2), one_day, None);
         assert_eq!(rebuilt.totals(), expected);
-        assert!(rebuilt.rows_for_day(day("2026-11-24")).is_empty());
+        assert!(rebuilt
+            .rows_for_day(day("2026-11-24"), &commits(&rebuilt))
+            .is_empty());
     }
 
     #[test]
@@ -557,7 +686,12 @@ mod tests {
             rebuilt.partitions[&0].counts,
             first_hundred.partitions[&0].counts
         );
-        let row = &rebuilt.rows_for_day(day("2026-11-23"))[0];
+        let row = &rebuilt.rows_for_day(day("2026-11-23"), &commits(&rebuilt))[0];
         assert_eq!((row.kafka_partition, row.flush_offset), (0, 99));
+        assert_eq!((row.claim_id, row.flush_seq), (1 << 32, RESTORE_FLUSH_SEQ));
+        // Without a commit, a partition restores nothing.
+        assert!(rebuilt
+            .rows_for_day(day("2026-11-23"), &BTreeMap::new())
+            .is_empty());
     }
 }

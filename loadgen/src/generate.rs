@@ -195,14 +195,19 @@ pub fn expected_minute_counts(messages: &[GeneratedMessage]) -> MinuteCounts {
         if !seen_event_ids.insert(&event.event_id) {
             continue;
         }
-        let key = (
-            event.user_id.clone(),
-            event.song_id.clone(),
-            minute_bucket_secs(event.ts),
-        );
-        *counts.entry(key).or_default() += 1;
+        count_play(&mut counts, &event.user_id, &event.song_id, event.ts);
     }
     counts
+}
+
+/// Counts one play in its (user, song, minute) row.
+pub fn count_play(counts: &mut MinuteCounts, user_id: &str, song_id: &str, ts_ms: i64) {
+    let key = (
+        user_id.to_owned(),
+        song_id.to_owned(),
+        minute_bucket_secs(ts_ms),
+    );
+    *counts.entry(key).or_default() += 1;
 }
 
 #[cfg(test)]

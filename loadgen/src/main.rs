@@ -1,11 +1,13 @@
 use anyhow::Context;
 use clap::Parser;
 use serde::{Deserialize, Serialize};
-use topk_loadgen::generate::{generate, GeneratorSpec, Truth};
+use topk_loadgen::generate::{generate, GeneratedMessage, GeneratorSpec, Truth};
+use topk_loadgen::listeners::{generate_listeners, to_messages, ListenerSpec, ListenerTier};
 use topk_loadgen::produce::{produce_all, producer};
 
 /// Produces realistic play events to Kafka: Zipf-distributed users and songs, with a chosen
-/// share of duplicates (client retries), malformed and late events.
+/// share of duplicates (client retries), malformed and late events; or, with --listeners, a
+/// week of realistic listeners.
 #[derive(Debug, Parser, Serialize, Deserialize)]
 #[command(name = "topk-loadgen", version, about, long_about = None)]
 struct LoadgenConfig {
@@ -42,6 +44,26 @@ struct LoadgenConfig {
     /// Share of late (earlier in the 7-day window) events, 0..1.
     #[arg(long, default_value_t = 0.0)]
     late_share: f64,
+    /// Produce a week of realistic listeners instead: tiers of users with personal libraries
+    /// of 2000–5000 songs and a Zipf taste that drifts daily, the 7-day window's plays up to
+    /// now in arrival order, offline plays delivered late and client resends (a share of
+    /// --duplicate-share). --seed and --rate apply; --events, --users, --songs,
+    /// --zipf-exponent, --malformed-share and --late-share do not.
+    #[arg(long, help_heading = "Realistic listeners")]
+    listeners: bool,
+    /// With --listeners: tiers of users as USERSxPLAYS_PER_DAY[@ZIPF_EXPONENT],
+    /// comma-separated (the exponent defaults to 1.0).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "100x30,100x100,50x300",
+        help_heading = "Realistic listeners"
+    )]
+    listener_tiers: Vec<String>,
+    /// With --listeners: share of listening time spent offline, 0..1; those plays arrive when
+    /// the device reconnects, an hour to 5 days later.
+    #[arg(long, default_value_t = 0.03, help_heading = "Realistic listeners")]
+    offline_share: f64,
     /// Messages per second; 0 sends as fast as the broker takes them.
     #[arg(long, default_value_t = 0)]
     rate: u64,
@@ -59,14 +81,6 @@ struct LoadgenConfig {
 async fn main() -> anyhow::Result<()> {
     topk_core::telemetry::init();
     let config: LoadgenConfig = topk_core::config::load();
-    let mut spec = GeneratorSpec::new(config.events, chrono::Utc::now());
-    spec.users = config.users;
-    spec.songs = config.songs;
-    spec.zipf_exponent = config.zipf_exponent;
-    spec.seed = config.seed;
-    spec.duplicate_share = config.duplicate_share;
-    spec.malformed_share = config.malformed_share;
-    spec.late_share = config.late_share;
     if let Some(partitions) = config.create_partitions {
         let mut topics = vec![(config.plays_topic.clone(), partitions)];
         topics.extend(config.create_topics.iter().map(|topic| (topic.clone(), 1)));
@@ -74,7 +88,19 @@ async fn main() -> anyhow::Result<()> {
             .await
             .context("creating topics")?;
     }
-    let messages = generate(&spec);
+    let messages = if config.listeners {
+        listener_messages(&config)?
+    } else {
+        let mut spec = GeneratorSpec::new(config.events, chrono::Utc::now());
+        spec.users = config.users;
+        spec.songs = config.songs;
+        spec.zipf_exponent = config.zipf_exponent;
+        spec.seed = config.seed;
+        spec.duplicate_share = config.duplicate_share;
+        spec.malformed_share = config.malformed_share;
+        spec.late_share = config.late_share;
+        generate(&spec)
+    };
     let producer = producer(&config.kafka_brokers).context("creating the Kafka producer")?;
     let started = std::time::Instant::now();
     produce_all(
@@ -110,4 +136,26 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// The messages of a week of realistic listeners ending now, in arrival order.
+fn listener_messages(config: &LoadgenConfig) -> anyhow::Result<Vec<GeneratedMessage>> {
+    let mut spec = ListenerSpec::new(chrono::Utc::now());
+    spec.tiers = config
+        .listener_tiers
+        .iter()
+        .map(|tier| tier.parse::<ListenerTier>().map_err(anyhow::Error::msg))
+        .collect::<anyhow::Result<_>>()
+        .context("--listener-tiers")?;
+    spec.seed = config.seed;
+    spec.retry_share = config.duplicate_share;
+    spec.offline_share = config.offline_share;
+    let traffic = generate_listeners(&spec);
+    eprintln!(
+        "loadgen: {} listeners, {} deliveries in the week ending {}",
+        traffic.listeners.len(),
+        traffic.plays.len(),
+        spec.now.to_rfc3339()
+    );
+    Ok(to_messages(&traffic.plays))
 }

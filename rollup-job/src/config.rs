@@ -93,7 +93,9 @@ pub enum RollupCommand {
     },
     /// Rebuild the minute table for the days from `--from` to `--to` (UTC) from the S3 archive
     /// of raw events, then roll up those of them that are complete. Safe to run twice. Stop
-    /// the aggregator for those days first (or restore days it no longer gets events for).
+    /// the aggregators first: the restore claims every partition (a running aggregator is
+    /// fenced and re-reads from where the restore left off), and refuses to start while an
+    /// aggregator committed in the last two minutes unless `--force`.
     Restore {
         /// First day to restore.
         #[arg(long)]
@@ -107,6 +109,13 @@ pub enum RollupCommand {
         /// The aggregator's duplicate horizon (ms of event time), so the replay decides alike.
         #[arg(long, env = "TOPK_DEDUP_HORIZON_MS", default_value_t = 600_000)]
         dedup_horizon_ms: i64,
+        /// The aggregators' consumer group, for the restore's claims when the database has
+        /// none yet (otherwise the group found there is used).
+        #[arg(long, env = "TOPK_KAFKA_GROUP_ID", default_value = "topk-aggregator")]
+        kafka_group_id: String,
+        /// Restore even though an aggregator committed in the last two minutes.
+        #[arg(long)]
+        force: bool,
     },
     /// Create the database and apply every schema migration not yet applied (safe to repeat).
     Migrate,

@@ -19,6 +19,8 @@ pub enum RollupError {
     },
     #[error(transparent)]
     Migrate(#[from] MigrateError),
+    #[error("reading which flushes are committed: {0}")]
+    Committed(String),
     #[error(
         "the database schema is at version {applied:?} but this build needs version {expected}: \
          run `topk-rollup migrate` first"
@@ -39,6 +41,11 @@ pub enum RollupError {
     MinuteRowsVanished { day: NaiveDate },
     #[error("restore from the archive failed: {0} (safe to rerun)")]
     Restore(String),
+    #[error(
+        "aggregators committed to partitions {partitions:?} in the last two minutes: stop them \
+         before restoring (or pass --force; their writes are then fenced and re-read)"
+    )]
+    AggregatorsActive { partitions: Vec<u32> },
     #[error("{failed} of {attempted} {what} failed (see the lines above); rerun to repair them")]
     StepsFailed {
         failed: usize,
@@ -55,10 +62,12 @@ impl RollupError {
             | Self::DayNotComplete { .. }
             | Self::RetentionTooShort { .. } => EXIT_USAGE,
             Self::ClickHouse { .. }
+            | Self::Committed(_)
             | Self::Migrate(_)
             | Self::SchemaOutdated { .. }
             | Self::MinuteRowsVanished { .. }
             | Self::Restore(_)
+            | Self::AggregatorsActive { .. }
             | Self::StepsFailed { .. } => EXIT_FAILURE,
         }
     }

@@ -8,11 +8,11 @@ use topk_core::schema::RollupProgressRow;
 use topk_core::window::{Window, WINDOW_DAYS};
 
 use crate::config::{RollupCommand, RollupConfig};
-use crate::day_state::{plan_days, DayAction, MinuteStats, RollUpReason};
+use crate::day_state::{plan_days, DayAction, RollUpReason};
 use crate::error::{clickhouse_error, RollupError};
 use crate::prune::{prune, PruneOutcome};
 use crate::restore::{restore, RestoreRequest};
-use crate::rollup::{roll_up_day, DEFAULT_SLICES};
+use crate::rollup::{delete_superseded_snapshots, roll_up_day, DEFAULT_SLICES};
 
 /// What happened to one day.
 #[derive(Debug)]
@@ -24,7 +24,6 @@ pub enum DayResult {
     /// `--dry-run`: the rollup that would have happened.
     WouldRollUp {
         reason: RollUpReason,
-        minute_stats: MinuteStats,
     },
     UpToDate {
         rolled_up_at: DateTime<Utc>,
@@ -64,14 +63,9 @@ impl fmt::Display for DayOutcome {
                 progress.rows_written,
                 progress.seconds
             ),
-            DayResult::WouldRollUp {
-                reason,
-                minute_stats,
-            } => write!(
-                formatter,
-                "would roll up ({reason}): minute_rows={} plays={}",
-                minute_stats.minute_rows, minute_stats.plays
-            ),
+            DayResult::WouldRollUp { reason } => {
+                write!(formatter, "would roll up ({reason})")
+            }
             DayResult::UpToDate { rolled_up_at } => {
                 write!(formatter, "up to date (rolled up at {rolled_up_at})")
             }
@@ -152,16 +146,21 @@ impl RollupJob {
     ) -> Result<Vec<DayOutcome>, RollupError> {
         let plan = plan_days(&self.client, days, backfill).await?;
         let mut outcomes = Vec::with_capacity(plan.len());
-        for (index, (day, action, minute_stats)) in plan.into_iter().enumerate() {
+        for (index, (day, action)) in plan.into_iter().enumerate() {
             let result = match action {
-                DayAction::UpToDate { rolled_up_at } => DayResult::UpToDate { rolled_up_at },
+                DayAction::UpToDate {
+                    rolled_up_at,
+                    snapshot_id,
+                } => {
+                    if !self.dry_run {
+                        self.delete_superseded(day, snapshot_id).await;
+                    }
+                    DayResult::UpToDate { rolled_up_at }
+                }
                 DayAction::KeepRollupOfPrunedDay { rolled_up_at } => {
                     DayResult::KeptRollupOfPrunedDay { rolled_up_at }
                 }
-                DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp {
-                    reason,
-                    minute_stats,
-                },
+                DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp { reason },
                 DayAction::RollUp(reason) => {
                     match roll_up_day(&self.client, day, self.slices).await {
                         Ok(progress) => DayResult::RolledUp { reason, progress },
@@ -179,6 +178,18 @@ impl RollupJob {
             outcomes.push(outcome);
         }
         Ok(outcomes)
+    }
+}
+
+impl RollupJob {
+    /// Deletes the day's superseded snapshots (cleanup: readers only read the current one),
+    /// logging a failure instead of failing the run.
+    async fn delete_superseded(&self, day: NaiveDate, current: u64) {
+        match delete_superseded_snapshots(&self.client, day, current, Utc::now()).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(%day, rows, "superseded snapshots deleted"),
+            Err(error) => tracing::warn!(%day, %error, "deleting superseded snapshots failed"),
+        }
     }
 }
 
@@ -238,12 +249,16 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
             to,
             plays_topic,
             dedup_horizon_ms,
+            kafka_group_id,
+            force,
         } => {
             let request = RestoreRequest {
                 topic: plays_topic,
                 from,
                 to,
                 dedup_horizon_ms,
+                consumer_group: kafka_group_id,
+                force,
             };
             let reader = topk_archive::ArchiveReader::from_options(&config.s3).await;
             println!(
@@ -336,6 +351,10 @@ mod tests {
             users: 56,
             rows_written: 780,
             seconds: 0.25,
+            snapshot_id: 1,
+            snapshot_partitions: Vec::new(),
+            snapshot_newest_claim_ids: Vec::new(),
+            snapshot_newest_max_seqs: Vec::new(),
         };
         let outcome = DayOutcome {
             day: day(20),

@@ -120,13 +120,15 @@ pub fn plan_prune(
             Some(DayAction::UpToDate { .. } | DayAction::KeepRollupOfPrunedDay { .. }) => {
                 PruneStep::DropMinutePartition(*day)
             }
-            Some(DayAction::RollUp(RollUpReason::LateData { .. })) => {
-                PruneStep::KeepMinutePartition {
-                    day: *day,
-                    changed_since_rollup: true,
-                }
-            }
-            Some(DayAction::RollUp(RollUpReason::NeverRolledUp | RollUpReason::Backfill))
+            Some(DayAction::RollUp(RollUpReason::LateData)) => PruneStep::KeepMinutePartition {
+                day: *day,
+                changed_since_rollup: true,
+            },
+            Some(DayAction::RollUp(
+                RollUpReason::NeverRolledUp
+                | RollUpReason::WithoutSnapshot
+                | RollUpReason::Backfill,
+            ))
             | None => PruneStep::KeepMinutePartition {
                 day: *day,
                 changed_since_rollup: false,
@@ -186,7 +188,6 @@ pub async fn prune(
     let old_day_actions = plan_days(client, &old_days, false)
         .await?
         .into_iter()
-        .map(|(day, action, _)| (day, action))
         .collect();
     let inputs = PruneInputs {
         minute_partitions,
@@ -258,7 +259,6 @@ mod tests {
     use super::*;
     use chrono::Duration;
 
-    use crate::day_state::MinuteStats;
     use crate::staging::staging_table_name;
 
     fn day(number: u32) -> NaiveDate {
@@ -285,23 +285,29 @@ mod tests {
     fn drops_exactly_what_is_outside_and_safe_to_drop() {
         let now = at("2026-11-24T00:20:00Z");
         let rolled_up_at = at("2026-11-23T00:20:00Z");
-        let late = DayAction::RollUp(RollUpReason::LateData {
-            rolled_up: MinuteStats::default(),
-            now: MinuteStats {
-                minute_rows: 1,
-                plays: 1,
-            },
-        });
+        let late = DayAction::RollUp(RollUpReason::LateData);
         let fresh_staging = staging_table_name(day(23), now - Duration::hours(1), 1);
         let stale_staging = staging_table_name(day(20), now - Duration::hours(30), 2);
         let inputs = PruneInputs {
             minute_partitions: (14..=24).map(day).collect(),
             daily_partitions: (10..=23).map(day).collect(),
             old_day_actions: BTreeMap::from([
-                (day(14), DayAction::UpToDate { rolled_up_at }),
+                (
+                    day(14),
+                    DayAction::UpToDate {
+                        rolled_up_at,
+                        snapshot_id: 1,
+                    },
+                ),
                 (day(15), DayAction::RollUp(RollUpReason::NeverRolledUp)),
                 (day(16), late),
-                (day(17), DayAction::UpToDate { rolled_up_at }),
+                (
+                    day(17),
+                    DayAction::UpToDate {
+                        rolled_up_at,
+                        snapshot_id: 1,
+                    },
+                ),
             ]),
             staging_tables: vec![fresh_staging, stale_staging.clone()],
         };

@@ -1,12 +1,12 @@
-//! Per-rollup staging tables: a day is built in its own `daily_top_staging_*` table and then
-//! swapped into `daily_top` whole, so readers never see half a day and concurrent runs never
-//! write into each other's tables.
+//! Staging tables of rollups before schema 4: a day was built in its own
+//! `daily_top_staging_*` table and then swapped into `daily_top` whole. Rollups now write
+//! snapshots in place (see `crate::rollup`); `prune` still drops staging tables that a crashed
+//! run of an older version left behind.
 //!
-//! The name carries the creation time, so a later `prune` can drop tables that a crashed run
-//! left behind without touching the table of a run that is still working.
+//! The name carries the creation time, so a table of a run that may still be working is never
+//! dropped.
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use topk_core::schema::DAILY_TOP;
 
 use crate::error::{clickhouse_error, RollupError};
 
@@ -41,21 +41,6 @@ pub fn staging_created_at(table_name: &str) -> Option<DateTime<Utc>> {
 pub fn is_stale_staging_table(table_name: &str, clock_now: DateTime<Utc>) -> bool {
     staging_created_at(table_name)
         .is_some_and(|created_at| clock_now - created_at > STALE_STAGING_AFTER)
-}
-
-/// Creates a new, empty staging table with `daily_top`'s structure and returns its name.
-pub async fn create_staging_table(
-    client: &clickhouse::Client,
-    day: NaiveDate,
-) -> Result<String, RollupError> {
-    let name = staging_table_name(day, Utc::now(), rand::random());
-    // Table names cannot be bind parameters; this one is built from a date and numbers only.
-    client
-        .query(&format!("CREATE TABLE {name} AS {DAILY_TOP}"))
-        .execute()
-        .await
-        .map_err(clickhouse_error(format!("creating staging table {name}")))?;
-    Ok(name)
 }
 
 pub async fn drop_staging_table(

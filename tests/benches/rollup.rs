@@ -45,8 +45,13 @@ fn mix(value: u64) -> u64 {
 /// Writes `rows` minute rows of `day` shaped like a day of listening: a few heavy users and
 /// many light ones; each user has a repertoire of 10 to 160 songs (drawn from a catalog of
 /// 300 k) and plays favourites more; mostly one play per row.
-async fn load_day(client: &clickhouse::Client, day: NaiveDate, rows: u64) {
+async fn load_day(options: &topk_core::db::ClickHouseOptions, day: NaiveDate, rows: u64) {
+    let mut claims = Vec::new();
+    for partition in 0..8 {
+        claims.push(topk_tests::committed::claim(options, "plays", partition).await);
+    }
     let mut rng = StdRng::seed_from_u64(7);
+    let client = options.client();
     let mut insert = client.insert::<MinuteRow>("plays_minute").await.unwrap();
     let start = day_start(day);
     for index in 0..rows {
@@ -66,10 +71,16 @@ async fn load_day(client: &clickhouse::Client, day: NaiveDate, rows: u64) {
             topic: "plays".to_owned(),
             kafka_partition: (index % 8) as u32,
             flush_offset: index,
+            claim_id: claims[(index % 8) as usize].claim_id,
+            flush_seq: 1,
         };
         insert.write(&row).await.unwrap();
     }
     insert.end().await.unwrap();
+    for claim in &claims {
+        topk_tests::committed::commit_first_flush(options, "plays", claim, rows as i64, &[day])
+            .await;
+    }
 }
 
 /// The machine's 1-minute load average (the benchmark shares 2 cores with whatever runs).
@@ -107,7 +118,7 @@ async fn main() {
     let client = options.client();
 
     let started = Instant::now();
-    load_day(&client, day, rows).await;
+    load_day(&options, day, rows).await;
     let load = started.elapsed();
     // One part per partition, as background merges leave a day long before its rollup.
     client

@@ -149,12 +149,14 @@ async fn two_aggregators_share_partitions_and_one_stops_mid_run() {
     assert_eq!(first.terminate(Duration::from_secs(30)), Some(0));
 }
 
-/// A crash between a flush's minute rows and its checkpoint leaves rows past the checkpoint
-/// (possibly only one day partition of two). The next owner must remove them before it
-/// re-reads those offsets; this plants such rows directly, so the repair path is exercised
-/// every run rather than only when a random kill happens to land there.
+/// A crash between a flush's minute rows and its commit leaves rows that must never count
+/// (possibly in one day partition of two). This plants such rows directly — a claim of the
+/// partition with rows and no commit, as a worker that crashed right after claiming and
+/// writing would leave — so the case is exercised every run rather than only when a random
+/// kill happens to land there. The next owner claims over it, counts exactly, and removes
+/// the rows in the background.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rows_of_an_unfinished_flush_are_removed_before_reprocessing() {
+async fn rows_of_an_unfinished_flush_never_count_and_are_removed() {
     use topk_core::schema::MinuteRow;
     let pipeline = Pipeline::new("aggregator_unfinished_flush", 2).await;
     let messages = generate(&spec(20_000, 31));
@@ -165,34 +167,53 @@ async fn rows_of_an_unfinished_flush_are_removed_before_reprocessing() {
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
 
-    // The "crashed flush": rows in two day partitions, tagged past partition 0's checkpoint.
-    let checkpoint = pipeline.checkpoints().await[&0];
+    // The "crashed flush": rows in two day partitions, never committed.
     let now = chrono::Utc::now();
-    let mut insert = pipeline
-        .clickhouse
-        .client()
-        .insert::<MinuteRow>("plays_minute")
-        .await
-        .unwrap();
-    for minute in [now, now - chrono::Duration::days(1)] {
-        insert
-            .write(&MinuteRow {
-                user_id: "user-1".to_owned(),
-                song_id: "song-1".to_owned(),
-                minute: chrono::DateTime::from_timestamp(minute.timestamp() / 60 * 60, 0).unwrap(),
-                plays: 1_000,
-                topic: pipeline.topic.clone(),
-                kafka_partition: 0,
-                flush_offset: (checkpoint + 7) as u64,
-            })
-            .await
-            .unwrap();
-    }
-    insert.end().await.unwrap();
+    let planted: Vec<MinuteRow> = [now, now - chrono::Duration::days(1)]
+        .into_iter()
+        .map(|minute| MinuteRow {
+            user_id: "user-1".to_owned(),
+            song_id: "song-1".to_owned(),
+            minute: chrono::DateTime::from_timestamp(minute.timestamp() / 60 * 60, 0).unwrap(),
+            plays: 1_000,
+            topic: pipeline.topic.clone(),
+            kafka_partition: 0,
+            flush_offset: 0,
+            claim_id: 0,
+            flush_seq: 0,
+        })
+        .collect();
+    let crashed =
+        topk_tests::committed::write_uncommitted(&pipeline.clickhouse, &pipeline.group, &planted)
+            .await;
+    // Never counted, even before anyone took the partition over.
+    pipeline
+        .assert_counts_equal(&expected_minute_counts(first_half), &aggregator)
+        .await;
 
     pipeline.produce_unbatched(second_half).await;
     let mut aggregator = pipeline.start_aggregator("after-crash", &[]);
     pipeline.wait_until_drained(Duration::from_secs(120)).await;
     pipeline.assert_counts_equal(&expected, &aggregator).await;
+    // The new owner removes the rows in the background.
+    let client = pipeline.clickhouse.client();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let left: u64 = client
+            .query("SELECT count() FROM plays_minute WHERE claim_id = ?")
+            .bind(crashed[0].claim_id)
+            .fetch_one()
+            .await
+            .unwrap();
+        if left == 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{left} planted rows still there:\n{}",
+            aggregator.log_tail(30)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
 }

@@ -1,7 +1,6 @@
-//! The HTTP API against the real ClickHouse. Rows are written directly: minute rows for every
-//! day, and for the rolled-up days the daily top 50 (built here from the same counts) and a
-//! `rollup_progress` row. Every answer is compared with a brute-force top list over the raw
-//! minute rows.
+//! The HTTP API against the real ClickHouse. Minute rows are written as committed flushes
+//! (`topk_tests::committed`), some days are rolled up by the real rollup job, and every answer
+//! is compared with a brute-force top list over the minute rows.
 //!
 //! - [`results`]: the window, the ranking, `exact`, bad input;
 //! - [`auth`]: HS256 and RS256 tokens, who may read whom;
@@ -20,7 +19,7 @@ use serde_json::Value;
 use topk_api::config::{ApiConfig, AuthMode};
 use topk_api::{AppState, Clock};
 use topk_core::db::ClickHouseOptions;
-use topk_core::schema::{DailyTopRow, MinuteRow, RollupProgressRow, DAILY_TOP_SIZE};
+use topk_core::schema::MinuteRow;
 use topk_core::window::day_start;
 use tower::ServiceExt;
 
@@ -157,8 +156,10 @@ fn minute_rows(rng: &mut StdRng, counts: &Counts) -> Vec<MinuteRow> {
                     minute: day_start(*day) + chrono::Duration::minutes(minute),
                     plays: row_plays,
                     topic: "plays".to_owned(),
-                    kafka_partition: 0,
+                    kafka_partition: rng.random_range(0..3),
                     flush_offset: rng.random_range(0..1_000_000),
+                    claim_id: 0,
+                    flush_seq: 0,
                 });
                 if rng.random_bool(0.5) {
                     minute = rng.random_range(0..minutes_in_day);
@@ -169,53 +170,16 @@ fn minute_rows(rng: &mut StdRng, counts: &Counts) -> Vec<MinuteRow> {
     rows
 }
 
-/// What the rollup stores for `day`: each user's top 50 with the truncation facts.
-fn daily_top(counts: &Counts, rolled_day: NaiveDate) -> Vec<DailyTopRow> {
-    let mut rows = Vec::new();
-    for ((user_id, _), songs) in counts.iter().filter(|((_, day), _)| *day == rolled_day) {
-        let ranked = top_list(songs, usize::MAX);
-        let truncated = ranked.len() > DAILY_TOP_SIZE;
-        let cutoff = if truncated {
-            ranked[DAILY_TOP_SIZE - 1].1
-        } else {
-            0
-        };
-        for ((song_id, plays), rank) in ranked.iter().take(DAILY_TOP_SIZE).zip(1u16..) {
-            rows.push(DailyTopRow {
-                day: rolled_day,
-                user_id: user_id.clone(),
-                rank,
-                song_id: song_id.clone(),
-                plays: *plays,
-                user_songs: ranked.len() as u64,
-                user_truncated: u8::from(truncated),
-                user_cutoff_plays: cutoff,
-            });
-        }
+/// Rolls `days` up with the real rollup job, "now" being the tests' fixed now.
+async fn roll_up(options: &ClickHouseOptions, days: &[NaiveDate]) {
+    let job = topk_rollup::RollupJob::new(options.client(), now());
+    for day in days {
+        let outcomes = job.backfill(*day, *day, |_| {}).await.unwrap();
+        assert!(
+            outcomes.iter().all(|outcome| !outcome.failed()),
+            "{outcomes:?}"
+        );
     }
-    rows
-}
-
-fn progress(rolled_day: NaiveDate) -> RollupProgressRow {
-    RollupProgressRow {
-        day: rolled_day,
-        rolled_up_at: day_start(rolled_day) + chrono::Duration::hours(25),
-        minute_rows_read: 0,
-        plays_read: 0,
-        users: 0,
-        rows_written: 0,
-        seconds: 0.1,
-    }
-}
-
-macro_rules! insert_rows {
-    ($client:expr, $table:expr, $row_type:ty, $rows:expr) => {{
-        let mut insert = $client.insert::<$row_type>($table).await.unwrap();
-        for row in $rows {
-            insert.write(row).await.unwrap();
-        }
-        insert.end().await.unwrap();
-    }};
 }
 
 mod auth;

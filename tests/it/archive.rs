@@ -8,11 +8,14 @@ use chrono::{DateTime, NaiveDate, Utc};
 use clickhouse::Row;
 use serde::Deserialize;
 use topk_archive::restore::{
-    checkpointed_offsets, rebuild_minute_counts, restore_days, MinuteCounts, RebuildRequest,
+    claim_committed_partitions, claim_replayed_partitions, counted_up_to, rebuild_minute_counts,
+    restore_days, MinuteCounts, RebuildRequest, RebuiltMinutes, RestoredDay,
 };
 use topk_archive::{ArchiveReader, ArchiveRecord, ArchiveSegment, ArchiveWriter, S3Options};
+use topk_core::claims::ClaimOwner;
+use topk_core::committed::CommittedFlushes;
 use topk_core::db::ClickHouseOptions;
-use topk_core::schema::{CheckpointRow, MinuteRow};
+use topk_core::schema::MinuteRow;
 use topk_loadgen::generate::{
     expected_minute_counts, generate, GeneratedMessage, GeneratorSpec, Truth,
 };
@@ -306,7 +309,7 @@ async fn minute_sums(clickhouse: &ClickHouseOptions) -> MinuteCounts {
         .client()
         .query(
             "SELECT user_id, song_id, toUInt32(minute) AS minute_secs, sum(plays) AS plays \
-             FROM plays_minute GROUP BY user_id, song_id, minute_secs",
+             FROM plays_minute_committed GROUP BY user_id, song_id, minute_secs",
         )
         .fetch_all()
         .await
@@ -321,16 +324,53 @@ async fn minute_sums(clickhouse: &ClickHouseOptions) -> MinuteCounts {
         .collect()
 }
 
+/// The committed minute rows, without the claim that wrote them (each restore claims anew).
 async fn all_rows(clickhouse: &ClickHouseOptions) -> Vec<MinuteRow> {
     clickhouse
         .client()
         .query(
-            "SELECT ?fields FROM plays_minute \
+            "SELECT user_id, song_id, minute, plays, topic, kafka_partition, flush_offset, \
+             toUInt64(0) AS claim_id, toUInt64(0) AS flush_seq FROM plays_minute_committed \
              ORDER BY user_id, song_id, minute, kafka_partition, plays",
         )
         .fetch_all()
         .await
         .unwrap()
+}
+
+fn restore_owner() -> ClaimOwner {
+    ClaimOwner {
+        consumer_group: topk_tests::committed::TEST_GROUP.to_owned(),
+        topic: "plays".to_owned(),
+        worker: "restore-test".to_owned(),
+    }
+}
+
+/// Replays `request`'s days and restores them as `topk-rollup restore` does: claims every
+/// committed partition first (and counts each up to its commit), or, when nothing was ever
+/// committed, every replayed partition.
+async fn restore(
+    clickhouse: &ClickHouseOptions,
+    reader: &ArchiveReader,
+    mut request: RebuildRequest,
+) -> (RebuiltMinutes, Vec<RestoredDay>) {
+    let client = clickhouse.client();
+    let owner = restore_owner();
+    let committed = CommittedFlushes::read(&client).await.unwrap();
+    let mut commits = claim_committed_partitions(&client, &owner, &committed)
+        .await
+        .unwrap();
+    request.counted_up_to = counted_up_to(&commits);
+    let rebuilt = rebuild_minute_counts(reader, &request).await.unwrap();
+    if commits.is_empty() {
+        commits = claim_replayed_partitions(&client, &owner, &rebuilt)
+            .await
+            .unwrap();
+    }
+    let restored = restore_days(clickhouse, &rebuilt, &owner, &commits)
+        .await
+        .unwrap();
+    (rebuilt, restored)
 }
 
 fn generated_spec() -> GeneratorSpec {
@@ -369,9 +409,12 @@ async fn restore_of_generated_events_is_exact_and_idempotent() {
     );
 
     let days = day("2026-11-22")..=day("2026-11-24");
-    let rebuilt = rebuild_minute_counts(&reader, &RebuildRequest::new("plays", days.clone()))
-        .await
-        .unwrap();
+    let (rebuilt, first_run) = restore(
+        &clickhouse,
+        &reader,
+        RebuildRequest::new("plays", days.clone()),
+    )
+    .await;
     assert_eq!(rebuilt.totals(), expected);
     let records_read: u64 = rebuilt
         .partitions
@@ -384,7 +427,6 @@ async fn restore_of_generated_events_is_exact_and_idempotent() {
         "each offset replayed once"
     );
 
-    let first_run = restore_days(&clickhouse, &rebuilt).await.unwrap();
     assert_eq!(
         first_run
             .iter()
@@ -410,21 +452,17 @@ async fn restore_of_generated_events_is_exact_and_idempotent() {
     }
 
     // Again, from a fresh read: the same table, no row twice.
-    let rebuilt_again = rebuild_minute_counts(&reader, &RebuildRequest::new("plays", days))
-        .await
-        .unwrap();
-    let second_run = restore_days(&clickhouse, &rebuilt_again).await.unwrap();
+    let (_, second_run) = restore(&clickhouse, &reader, RebuildRequest::new("plays", days)).await;
     assert_eq!(second_run, first_run);
     assert_eq!(all_rows(&clickhouse).await, rows_after_first);
 
     // Restoring one day leaves the other untouched.
-    let only_second_day = rebuild_minute_counts(
+    restore(
+        &clickhouse,
         &reader,
-        &RebuildRequest::new("plays", day("2026-11-24")..=day("2026-11-24")),
+        RebuildRequest::new("plays", day("2026-11-24")..=day("2026-11-24")),
     )
-    .await
-    .unwrap();
-    restore_days(&clickhouse, &only_second_day).await.unwrap();
+    .await;
     assert_eq!(all_rows(&clickhouse).await, rows_after_first);
 }
 
@@ -438,38 +476,20 @@ async fn restore_counts_only_up_to_the_aggregator_checkpoints() {
     spec.seed = 7;
     let archived = archive_messages(&spec, 2);
     write_with_odd_boundaries(&writer, "plays", &archived, 2).await;
-    // The aggregator checkpointed partition 0 up to offset 1200 (and once earlier) and never
-    // partition 1: what it archived past a checkpoint it counts itself when it replays.
-    let mut insert = clickhouse
-        .client()
-        .insert::<CheckpointRow>("ingest_checkpoints")
-        .await
-        .unwrap();
-    for flush_offset in [600u64, 1_200] {
-        insert
-            .write(&CheckpointRow {
-                topic: "plays".to_owned(),
-                kafka_partition: 0,
-                flush_offset,
-                dedup_replay_from: 0,
-                watermark_ms: 0,
-                events: 0,
-                minute_rows: 0,
-                consumer_group: "topk".to_owned(),
-                worker: "test".to_owned(),
-                flushed_at: Utc::now(),
-            })
-            .await
-            .unwrap();
+    // The aggregator committed partition 0 up to offset 1200 (and once earlier) and never
+    // partition 1: what it archived past a commit it counts itself when it replays.
+    for flush_offset in [600, 1_200] {
+        topk_tests::committed::commit_through(&clickhouse, "plays", 0, flush_offset).await;
     }
-    insert.end().await.unwrap();
-
-    let checkpoints = checkpointed_offsets(&clickhouse, "plays").await.unwrap();
-    assert_eq!(checkpoints, BTreeMap::from([(0, 1_200)]));
-    let mut request = RebuildRequest::new("plays", day("2026-11-23")..=day("2026-11-24"));
-    request.counted_up_to = Some(checkpoints);
-    let rebuilt = rebuild_minute_counts(&reader, &request).await.unwrap();
-    restore_days(&clickhouse, &rebuilt).await.unwrap();
+    let committed = CommittedFlushes::read(&clickhouse.client()).await.unwrap();
+    assert_eq!(committed.counted_through(), BTreeMap::from([(0, 1_200)]));
+    let (rebuilt, _) = restore(
+        &clickhouse,
+        &reader,
+        RebuildRequest::new("plays", day("2026-11-23")..=day("2026-11-24")),
+    )
+    .await;
+    assert_eq!(rebuilt.partitions[&0].last_offset, Some(1_200));
 
     let counted: Vec<GeneratedMessage> = archived
         .iter()

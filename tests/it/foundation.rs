@@ -107,6 +107,8 @@ async fn clickhouse_insert_and_query_minute_rows() {
                 topic: "plays".to_owned(),
                 kafka_partition: 0,
                 flush_offset: 10,
+                claim_id: 0,
+                flush_seq: 0,
             })
             .await
             .unwrap();

@@ -5,6 +5,8 @@ mod aggregator;
 mod api;
 mod archive;
 mod archive_ingest;
+mod exactly_once;
 mod foundation;
+mod proxy;
 mod restore;
 mod rollup;

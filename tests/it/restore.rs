@@ -33,7 +33,11 @@ async fn daily_top(pipeline: &Pipeline) -> Vec<DailyRow> {
     pipeline
         .clickhouse
         .client()
-        .query("SELECT ?fields FROM daily_top ORDER BY day, user_id, rank")
+        .query(
+            "SELECT ?fields FROM daily_top WHERE (day, snapshot_id) IN \
+             (SELECT day, max(snapshot_id) FROM rollup_progress GROUP BY day) \
+             ORDER BY day, user_id, rank",
+        )
         .fetch_all()
         .await
         .expect("read daily_top")
@@ -104,6 +108,17 @@ async fn truncated_tables_are_rebuilt_from_the_archive() {
         from: window.from.date_naive(),
         to: window.today(),
         dedup_horizon_ms: 600_000,
+        consumer_group: pipeline.group.clone(),
+        force: false,
+    };
+    // The aggregator committed moments ago: a restore refuses unless told it is stopped.
+    let refused = restore(&job, &pipeline.clickhouse, &reader, &request, |_| {})
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("--force"), "{refused}");
+    let request = RestoreRequest {
+        force: true,
+        ..request
     };
     for attempt in 0..2 {
         restore(&job, &pipeline.clickhouse, &reader, &request, |_| {})

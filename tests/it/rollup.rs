@@ -67,6 +67,8 @@ fn generate_day(rng: &mut StdRng, day: NaiveDate, users: usize) -> Vec<MinuteRow
                     topic: "plays".to_owned(),
                     kafka_partition: (user_index % 4) as u32,
                     flush_offset: rng.random_range(0..1_000_000),
+                    claim_id: 0,
+                    flush_seq: 0,
                 });
                 if rng.random_bool(0.7) {
                     minute = day_start(day) + chrono::Duration::minutes(rng.random_range(0..1440));
@@ -84,12 +86,9 @@ fn generate(seed: u64, days: impl IntoIterator<Item = NaiveDate>, users: usize) 
         .collect()
 }
 
-async fn insert(client: &clickhouse::Client, rows: &[MinuteRow]) {
-    let mut insert = client.insert::<MinuteRow>("plays_minute").await.unwrap();
-    for row in rows {
-        insert.write(row).await.unwrap();
-    }
-    insert.end().await.unwrap();
+/// Writes `rows` as committed flushes (one per partition), as the aggregator would.
+async fn insert(options: &ClickHouseOptions, rows: &[MinuteRow]) {
+    topk_tests::committed::write_committed(options, rows).await;
 }
 
 /// The oracle: each user's top 50 per day by plays descending then song_id ascending.
@@ -124,6 +123,7 @@ fn brute_force_top(rows: &[MinuteRow]) -> Vec<DailyTopRow> {
                 user_songs,
                 user_truncated: u8::from(truncated),
                 user_cutoff_plays: cutoff,
+                snapshot_id: 0,
             });
         }
     }
@@ -153,17 +153,35 @@ fn on_days(rows: Vec<DailyTopRow>, days: &BTreeSet<NaiveDate>) -> Vec<DailyTopRo
         .collect()
 }
 
+/// The rows of each day's current snapshot (the one readers read), snapshot ids zeroed.
 async fn daily_top(client: &clickhouse::Client) -> Vec<DailyTopRow> {
     client
-        .query("SELECT ?fields FROM daily_top ORDER BY day, user_id, rank")
+        .query(
+            "SELECT day, user_id, rank, song_id, plays, user_songs, user_truncated, \
+             user_cutoff_plays, toUInt64(0) AS snapshot_id FROM (SELECT * FROM daily_top \
+             WHERE (day, snapshot_id) IN (SELECT day, max(snapshot_id) FROM rollup_progress \
+             GROUP BY day)) ORDER BY day, user_id, rank",
+        )
         .fetch_all()
+        .await
+        .unwrap()
+}
+
+/// Rows of snapshots no rollup recorded: what a rollup killed while writing leaves.
+async fn unrecorded_snapshot_rows(client: &clickhouse::Client) -> u64 {
+    client
+        .query(
+            "SELECT count() FROM daily_top WHERE snapshot_id NOT IN \
+             (SELECT snapshot_id FROM rollup_progress)",
+        )
+        .fetch_one()
         .await
         .unwrap()
 }
 
 async fn progress_rows(client: &clickhouse::Client) -> Vec<RollupProgressRow> {
     client
-        .query("SELECT ?fields FROM rollup_progress ORDER BY day, rolled_up_at")
+        .query("SELECT ?fields FROM rollup_progress ORDER BY day, snapshot_id")
         .fetch_all()
         .await
         .unwrap()
@@ -236,7 +254,7 @@ async fn rollup_of_eight_days_equals_brute_force_top_50() {
     let options = stack::fresh_database("rollup_eight_days").await;
     let client = options.client();
     let rows = generate(1, (0..8).map(day), 60);
-    insert(&client, &rows).await;
+    insert(&options, &rows).await;
 
     // A dry run reports the six complete days of the window and writes nothing.
     let dry = RollupJob {
@@ -287,7 +305,7 @@ async fn rollup_of_eight_days_equals_brute_force_top_50() {
 async fn second_run_changes_nothing() {
     let options = stack::fresh_database("rollup_second_run").await;
     let client = options.client();
-    insert(&client, &generate(2, (0..8).map(day), 30)).await;
+    insert(&options, &generate(2, (0..8).map(day), 30)).await;
     assert_eq!(rolled_up_days(&run(&options, at(7, 1)).await).len(), 6);
     let top_before = daily_top(&client).await;
     let progress_before = progress_rows(&client).await;
@@ -306,7 +324,7 @@ async fn late_minute_rows_are_picked_up_by_the_next_run() {
     let options = stack::fresh_database("rollup_late_rows").await;
     let client = options.client();
     let mut rows = generate(3, (0..8).map(day), 30);
-    insert(&client, &rows).await;
+    insert(&options, &rows).await;
     run(&options, at(7, 1)).await;
 
     // Late plays for day 3: a new song that takes user-1's first place, and a new user.
@@ -321,9 +339,11 @@ async fn late_minute_rows_are_picked_up_by_the_next_run() {
             topic: "plays".to_owned(),
             kafka_partition: 0,
             flush_offset: 2_000_000,
+            claim_id: 0,
+            flush_seq: 0,
         })
         .collect();
-    insert(&client, &late).await;
+    insert(&options, &late).await;
     rows.extend(late);
 
     let outcomes = job(&options, at(7, 2), 1).run(|_| {}).await.unwrap();
@@ -336,7 +356,7 @@ async fn late_minute_rows_are_picked_up_by_the_next_run() {
         matches!(
             day_3.result,
             DayResult::RolledUp {
-                reason: RollUpReason::LateData { .. },
+                reason: RollUpReason::LateData,
                 ..
             }
         ),
@@ -358,7 +378,7 @@ async fn concurrent_runs_swap_in_identical_complete_days() {
     let options = stack::fresh_database("rollup_concurrent").await;
     let client = options.client();
     let rows = generate(4, (0..8).map(day), 60);
-    insert(&client, &rows).await;
+    insert(&options, &rows).await;
     // One query per day against three concurrent slices: both must build the same days.
     let single = job(&options, at(7, 1), 1);
     let sliced = job(&options, at(7, 1), 3);
@@ -444,7 +464,7 @@ async fn run_killed_with_sigkill_then_rerun_equals_an_uninterrupted_run() {
     let run_args = ["--now", now_arg.as_str(), "run"];
     let uninterrupted = stack::fresh_database("rollup_sigkill_reference").await;
     let rows = generate(5, (0..8).map(day), 1_500);
-    insert(&uninterrupted.client(), &rows).await;
+    insert(&uninterrupted, &rows).await;
     // Build (or find) the binary first: the timed run below sets the kill delays.
     rollup_binary();
     let started = Instant::now();
@@ -459,21 +479,23 @@ async fn run_killed_with_sigkill_then_rerun_equals_an_uninterrupted_run() {
 
     let killed = stack::fresh_database("rollup_sigkill_killed").await;
     let client = killed.client();
-    client
-        .query(&format!(
-            "INSERT INTO plays_minute SELECT * FROM `{}`.plays_minute",
-            uninterrupted.clickhouse_database
-        ))
-        .execute()
-        .await
-        .unwrap();
+    for table in ["plays_minute", "ingest_claims", "flush_commits"] {
+        client
+            .query(&format!(
+                "INSERT INTO {table} SELECT * FROM `{}`.{table}",
+                uninterrupted.clickhouse_database
+            ))
+            .execute()
+            .await
+            .unwrap();
+    }
     // Even iterations kill after a random delay (any phase: start-up, planning, between
-    // days, between the swap and the progress row); odd ones wait until the job is inside a
-    // day's rollup (a new staging table exists) and kill it a few ms later.
+    // days, between a snapshot and its progress row); odd ones wait until the job is inside
+    // a day's rollup (rows of a snapshot not recorded yet exist) and kill it a few ms later.
     let mut rng = StdRng::seed_from_u64(6);
     let mut interrupted = 0;
     for iteration in 0..KILLS {
-        let staging_before = list_staging_tables(&client).await.unwrap().len();
+        let unrecorded_before = unrecorded_snapshot_rows(&client).await;
         let mut child = rollup_command(&killed, &run_args).spawn().unwrap();
         if iteration % 2 == 0 {
             // A quarter of a full run at most, so work is left for the later kills.
@@ -481,7 +503,7 @@ async fn run_killed_with_sigkill_then_rerun_equals_an_uninterrupted_run() {
             tokio::time::sleep(Duration::from_millis(delay)).await;
         } else {
             let deadline = Instant::now() + Duration::from_secs(30);
-            while list_staging_tables(&client).await.unwrap().len() == staging_before
+            while unrecorded_snapshot_rows(&client).await == unrecorded_before
                 && child.try_wait().unwrap().is_none()
                 && Instant::now() < deadline
             {
@@ -512,8 +534,8 @@ async fn run_killed_with_sigkill_then_rerun_equals_an_uninterrupted_run() {
             );
         }
     }
-    // A staging table the killed job never dropped proves a kill landed inside a day's rollup.
-    let left_behind = list_staging_tables(&client).await.unwrap().len();
+    // Rows of a snapshot never recorded prove a kill landed inside a day's rollup.
+    let left_behind = unrecorded_snapshot_rows(&client).await;
     eprintln!(
         "sigkill: uninterrupted run took {full_run:?}; {interrupted} of {KILLS} kills hit a \
          running job, {left_behind} inside a day's rollup"
@@ -585,7 +607,7 @@ async fn prune_drops_exactly_the_partitions_outside_the_window_and_retention() {
     let options = stack::fresh_database("rollup_prune").await;
     let client = options.client();
     let mut rows = generate(7, (0..10).map(day), 12);
-    insert(&client, &rows).await;
+    insert(&options, &rows).await;
     let now = at(9, 10); // window: days 3..=9, complete days 3..=8
     for old_day in [day(0), day(2)] {
         job(&options, now, 2)
@@ -601,7 +623,7 @@ async fn prune_drops_exactly_the_partitions_outside_the_window_and_retention() {
         .unwrap()
         .clone();
     late.flush_offset += 1;
-    insert(&client, std::slice::from_ref(&late)).await;
+    insert(&options, std::slice::from_ref(&late)).await;
     rows.push(late);
     let clock_now = Utc::now();
     let stale = staging_table_name(day(4), clock_now - chrono::Duration::hours(30), 1);

@@ -5,6 +5,8 @@
 //! default loopback ports. Every test gets its own ClickHouse database and Kafka topics,
 //! named after the test, so tests can run in parallel against one stack.
 
+pub mod committed;
 pub mod pipeline;
 pub mod process;
+pub mod proxy;
 pub mod stack;

@@ -44,7 +44,13 @@ impl Pipeline {
 
     /// Arguments for `topk-aggregator` with a short flush interval and no metrics port.
     pub fn aggregator_args(&self, extra: &[&str]) -> Vec<String> {
-        let mut args: Vec<String> = [
+        self.aggregator_args_to(&self.clickhouse.clickhouse_url, extra)
+    }
+
+    /// [`Self::aggregator_args`] with another ClickHouse endpoint (a fault proxy's); a flag
+    /// in `extra` replaces its default.
+    pub fn aggregator_args_to(&self, clickhouse_url: &str, extra: &[&str]) -> Vec<String> {
+        let defaults: Vec<String> = [
             "--kafka-brokers",
             &stack::kafka_brokers(),
             "--plays-topic",
@@ -54,7 +60,7 @@ impl Pipeline {
             "--kafka-group-id",
             &self.group,
             "--clickhouse-url",
-            &self.clickhouse.clickhouse_url,
+            clickhouse_url,
             "--clickhouse-database",
             &self.clickhouse.clickhouse_database,
             "--flush-interval-ms",
@@ -77,6 +83,13 @@ impl Pipeline {
         .iter()
         .map(|arg| (*arg).to_owned())
         .collect();
+        // A flag in `extra` replaces its default (clap refuses a flag given twice).
+        let mut args: Vec<String> = defaults
+            .chunks(2)
+            .filter(|pair| !extra.contains(&pair[0].as_str()))
+            .flatten()
+            .cloned()
+            .collect();
         args.extend(extra.iter().map(|arg| (*arg).to_owned()));
         args
     }
@@ -87,13 +100,23 @@ impl Pipeline {
     }
 
     pub fn start_aggregator(&self, label: &str, extra: &[&str]) -> ChildProcess {
+        self.start_aggregator_to(&self.clickhouse.clickhouse_url, label, extra)
+    }
+
+    /// Starts an aggregator that reaches ClickHouse at `clickhouse_url` (a fault proxy's).
+    pub fn start_aggregator_to(
+        &self,
+        clickhouse_url: &str,
+        label: &str,
+        extra: &[&str],
+    ) -> ChildProcess {
         let log_label = format!("{}-{label}", self.clickhouse.clickhouse_database);
         let credentials = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
             .map(|name| (name.to_owned(), stack::setting(name, "")));
         ChildProcess::start(
             "topk-aggregator",
             &log_label,
-            &self.aggregator_args(extra),
+            &self.aggregator_args_to(clickhouse_url, extra),
             &credentials,
         )
     }
@@ -136,6 +159,13 @@ impl Pipeline {
         }
     }
 
+    /// Records an acknowledged offset of a record produced by the test itself.
+    pub fn record_produced(&self, partition: i32, offset: i64) {
+        let mut produced = self.produced.lock().expect("produced offsets");
+        let last = produced.entry(partition).or_insert(offset);
+        *last = (*last).max(offset);
+    }
+
     /// The end offset (last acknowledged + 1) of every partition produced to. Taken from the
     /// producer's acknowledgements: tansu's watermark answers were seen to lag behind.
     pub fn end_offsets(&self) -> HashMap<i32, i64> {
@@ -150,27 +180,20 @@ impl Pipeline {
             .collect()
     }
 
-    /// The last checkpointed offset of each partition.
+    /// The last committed offset of each partition (what counts, see
+    /// `topk_core::committed`).
     pub async fn checkpoints(&self) -> HashMap<i32, i64> {
-        #[derive(Row, Deserialize)]
-        struct Latest {
-            kafka_partition: u32,
-            flush_offset: u64,
-        }
-        let rows: Vec<Latest> = self
-            .clickhouse
-            .client()
-            .query(
-                "SELECT kafka_partition, max(flush_offset) AS flush_offset FROM ingest_checkpoints \
-                 WHERE topic = ? GROUP BY kafka_partition",
-            )
-            .bind(&self.topic)
-            .fetch_all()
+        topk_core::committed::CommittedFlushes::read(&self.clickhouse.client())
             .await
-            .unwrap_or_default();
-        rows.into_iter()
-            .map(|row| (row.kafka_partition as i32, row.flush_offset as i64))
-            .collect()
+            .map(|committed| {
+                committed
+                    .counted_through()
+                    .into_iter()
+                    .filter(|(_, offset)| *offset >= 0)
+                    .map(|(partition, offset)| (partition as i32, offset))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Waits until the checkpoints moved past `before` (some flush of a running aggregator
@@ -213,24 +236,9 @@ impl Pipeline {
         }
     }
 
-    /// Per-(user, song, minute) sums in ClickHouse, read once the table's background merges
-    /// are done: ClickHouse 18.16 was seen to leave parts out of a SELECT for a moment while
-    /// it merged parts rewritten by a delete mutation (the aggregator's repair); the rows are
-    /// there, and the same query a few seconds later sees them.
+    /// Per-(user, song, minute) sums of the committed minute rows (what every reader counts:
+    /// the `plays_minute_committed` view).
     pub async fn minute_counts(&self) -> MinuteCounts {
-        let client = self.clickhouse.client();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            let merging: u64 = client
-                .query("SELECT count() FROM system.merges WHERE database = currentDatabase()")
-                .fetch_one()
-                .await
-                .expect("read system.merges");
-            if merging == 0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
         #[derive(Row, Deserialize)]
         struct Sum {
             user_id: String,
@@ -243,7 +251,7 @@ impl Pipeline {
             .client()
             .query(
                 "SELECT user_id, song_id, toUInt32(minute) AS minute, sum(plays) AS plays \
-                 FROM plays_minute GROUP BY user_id, song_id, minute",
+                 FROM plays_minute_committed GROUP BY user_id, song_id, minute",
             )
             .fetch_all()
             .await

@@ -1,24 +1,39 @@
-//! Reading a user's plays of the window from ClickHouse.
+//! Reading a user's plays of the window from ClickHouse: exact for every user.
 //!
-//! Per request, one query: the stored daily top lists (`daily_top`) of the window's rolled-up
-//! days, plus the per-minute rows (`plays_minute`) of today up to now and of the previous days
-//! not rolled up yet, summed per song. Both tables are ordered by `user_id` first, so the query
-//! reads only that user's rows. Which days are rolled up comes from `rollup_progress`, reused
-//! for a short time ([`RolledDaysCache`]).
+//! Per request, one query, which counts only committed flushes (`topk_core::committed`) and
+//! reads each day of the window in one of three ways ([`DaySource`]):
 //!
-//! Why a briefly stale set of rolled-up days is still exact: the rollup writes a day's top
-//! lists and only then its progress row, and never deletes minute rows of a day inside the
-//! window. A stale set can only lack a day rolled up a moment ago; that day is then read from
-//! its minute rows, which are still there and hold the same plays. No day is ever read from
-//! both tables, nor from neither.
+//! - **today, and days not rolled up**: the user's committed minute rows;
+//! - **rolled-up days** (the fast path): the user's top 50 of the day's current snapshot
+//!   (`topk_core::snapshots`), which is complete unless the user played more than 50 songs
+//!   that day; for such a *truncated* (user, day) the user's minute rows of the day are read
+//!   instead. Plays committed after the snapshot was taken (late plays) are added from
+//!   minute rows: exactly the rows above the snapshot's recorded heads;
+//! - **rolled-up days whose minute rows are gone** (an operator pruned them inside the
+//!   window): the top lists alone, truncated ones included, with the truncation bounds of
+//!   [`crate::ranking`] deciding whether the answer is still exact.
+//!
+//! The minute rows of a rolled-up day are only read where needed: the query's lower bound on
+//! `minute` is the first day that needs them (a scalar subquery finds the user's truncated
+//! days first, so a light listener reads today's minute rows only).
+//!
+//! What the store knows about the days ([`ReadPlan`]: what counts, the current snapshots,
+//! the days with late plays, the days with minute rows) is reused for a short time. A plan a
+//! moment old is still exact: its committed-flush snapshot and the rollup snapshots it names
+//! only grow, and the rows of a snapshot are never changed (a newer rollup writes a new
+//! snapshot; old ones are deleted minutes after nobody reads them). So an answer is the
+//! exact top list of the plays committed up to a moment at most one plan lifetime ago, and a
+//! user's counts never go down while the window does not move.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
-use chrono::{Days, NaiveDate};
-use topk_core::schema::{DAILY_TOP, PLAYS_MINUTE, ROLLUP_PROGRESS};
-use topk_core::window::{day_start, Window};
+use chrono::NaiveDate;
+use topk_core::committed::CommittedFlushes;
+use topk_core::schema::{RollupProgressRow, DAILY_TOP, PLAYS_MINUTE};
+use topk_core::snapshots::{days_with_new_commits, latest_rollups, DayHeads};
+use topk_core::window::{day_number, day_start, Window};
 
 use crate::error::AppError;
 use crate::ranking::StoredSong;
@@ -28,32 +43,28 @@ use crate::ranking::StoredSong;
 pub struct Store {
     client: clickhouse::Client,
     query_timeout: Duration,
-    rolled_days: RolledDaysCache,
+    plans: ReadPlanCache,
 }
 
 impl Store {
-    pub fn new(
-        client: clickhouse::Client,
-        query_timeout: Duration,
-        rolled_days_ttl: Duration,
-    ) -> Self {
+    pub fn new(client: clickhouse::Client, query_timeout: Duration, plan_ttl: Duration) -> Self {
         Self {
             client,
             query_timeout,
-            rolled_days: RolledDaysCache::new(rolled_days_ttl),
+            plans: ReadPlanCache::new(plan_ttl),
         }
     }
 
-    /// Every song `user_id` played in `window`, with the plays the store knows and the
-    /// truncation facts [`crate::ranking::rank`] needs. Answers within the query timeout or
-    /// fails with [`AppError::QueryTimeout`].
+    /// Every song `user_id` played in `window`, with its plays and the truncation facts
+    /// [`crate::ranking::rank`] needs. Answers within the query timeout or fails with
+    /// [`AppError::QueryTimeout`].
     pub async fn songs_in_window(
         &self,
         user_id: &str,
         window: &Window,
     ) -> Result<Vec<StoredSong>, AppError> {
         self.within_timeout(async {
-            let plan = self.plan(window).await?;
+            let plan = self.window_plan(window).await?;
             timed("top_songs", plan.query(&self.client, user_id).fetch_all()).await
         })
         .await
@@ -66,17 +77,16 @@ impl Store {
         user_id: &str,
         window: &Window,
     ) -> Result<String, AppError> {
-        let plan = self.within_timeout(self.plan(window)).await?;
+        let plan = self.within_timeout(self.window_plan(window)).await?;
         Ok(plan.query(&self.client, user_id).sql_display().to_string())
     }
 
-    async fn plan(&self, window: &Window) -> Result<QueryPlan, AppError> {
-        let previous_days = window.previous_days();
-        let rolled_days = self
-            .rolled_days
-            .get(&self.client, &previous_days, window.today())
+    async fn window_plan(&self, window: &Window) -> Result<WindowPlan, AppError> {
+        let read_plan = self
+            .plans
+            .get(&self.client, window.from.date_naive(), window.today())
             .await?;
-        Ok(QueryPlan::new(window, &previous_days, &rolled_days))
+        Ok(WindowPlan::new(window, &read_plan))
     }
 
     /// The applied schema version, checking that ClickHouse answers.
@@ -111,111 +121,232 @@ async fn timed<T>(
     Ok(result?)
 }
 
-/// ClickHouse `Date` as a number: days since 1970-01-01.
-fn day_number(day: NaiveDate) -> u16 {
-    let days = day.signed_duration_since(NaiveDate::default()).num_days();
-    u16::try_from(days.max(0)).unwrap_or(u16::MAX)
+/// What the store knows about the days from `first_day` to `last_day`.
+#[derive(Debug, Clone, Default)]
+pub struct ReadPlan {
+    pub first_day: NaiveDate,
+    pub last_day: NaiveDate,
+    /// What counts.
+    pub committed: CommittedFlushes,
+    /// The current rollup snapshot of each rolled-up day.
+    pub snapshots: BTreeMap<NaiveDate, RollupProgressRow>,
+    /// Rolled-up days with plays committed after their snapshot.
+    pub late_days: BTreeSet<NaiveDate>,
+    /// Days whose minute rows are (at least partly) there.
+    pub minute_days: BTreeSet<NaiveDate>,
 }
 
-fn day_from_number(number: u16) -> NaiveDate {
-    NaiveDate::default()
-        .checked_add_days(Days::new(u64::from(number)))
-        .unwrap_or(NaiveDate::MAX)
+impl ReadPlan {
+    /// Reads the plan of the days from `first_day` to `last_day`.
+    pub async fn read(
+        client: &clickhouse::Client,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+    ) -> Result<Self, AppError> {
+        let committed = timed("committed_flushes", async {
+            CommittedFlushes::read(client)
+                .await
+                .map_err(|error| match error {
+                    topk_core::committed::CommittedError::ClickHouse(error) => error,
+                    other => clickhouse::error::Error::Custom(other.to_string()),
+                })
+        })
+        .await?;
+        let snapshots: BTreeMap<NaiveDate, RollupProgressRow> = timed(
+            "rollup_snapshots",
+            latest_rollups(client, first_day, last_day),
+        )
+        .await?
+        .into_iter()
+        .filter(|(_, progress)| progress.snapshot_id != 0)
+        .collect();
+        let late_days = timed(
+            "late_days",
+            days_with_new_commits(client, &committed, &snapshots),
+        )
+        .await?;
+        let partitions: Vec<String> = timed(
+            "minute_days",
+            client
+                .query(
+                    "SELECT DISTINCT partition_id FROM system.parts \
+                     WHERE database = currentDatabase() AND table = ? AND active",
+                )
+                .bind(PLAYS_MINUTE)
+                .fetch_all(),
+        )
+        .await?;
+        let minute_days = partitions
+            .iter()
+            .filter_map(|id| NaiveDate::parse_from_str(id, "%Y%m%d").ok())
+            .collect();
+        Ok(Self {
+            first_day,
+            last_day,
+            committed,
+            snapshots,
+            late_days,
+            minute_days,
+        })
+    }
+
+    /// How `day` is read (see the module docs).
+    pub fn source(&self, day: NaiveDate, today: NaiveDate) -> DaySource {
+        let Some(snapshot) = self.snapshots.get(&day).filter(|_| day < today) else {
+            return DaySource::Minutes;
+        };
+        if !self.minute_days.contains(&day) && snapshot.minute_rows_read > 0 {
+            return DaySource::TopListsOnly {
+                snapshot_id: snapshot.snapshot_id,
+            };
+        }
+        DaySource::TopLists {
+            snapshot_id: snapshot.snapshot_id,
+            late: self.late_days.contains(&day),
+        }
+    }
 }
 
-/// Which tables one request reads for which days.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct QueryPlan {
+/// How one day of the window is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DaySource {
+    /// The user's committed minute rows.
+    Minutes,
+    /// The snapshot's top list of the user, or the user's minute rows when that list is
+    /// truncated; plus, when `late`, the user's rows committed after the snapshot.
+    TopLists { snapshot_id: u64, late: bool },
+    /// The snapshot's top list alone, truncated or not: the day's minute rows are gone.
+    TopListsOnly { snapshot_id: u64 },
+}
+
+/// Which tables one request reads for which days, and the SQL for it.
+#[derive(Debug, Clone)]
+struct WindowPlan {
+    first_day: NaiveDate,
+    last_day: NaiveDate,
     window_end_secs: i64,
-    /// Previous days answered from `daily_top`, oldest first.
-    rolled_days: Vec<NaiveDate>,
-    /// Start of the oldest day answered from `plays_minute` (a not-rolled-up day or today).
+    committed: topk_core::committed::CommittedArrays,
+    /// Snapshot ids of the days read from top lists.
+    snapshot_ids: Vec<u64>,
+    /// Days read from top lists (with or without minute rows).
+    top_list_days: Vec<u16>,
+    /// Days read from top lists alone (their minute rows are gone).
+    top_lists_only_days: Vec<u16>,
+    /// Days with plays committed after their snapshot, and their snapshots' heads.
+    late_days: Vec<u16>,
+    late_heads: DayHeads,
+    /// The start of the first day every user's minute rows are needed for (a day read from
+    /// minute rows, or with late plays).
     minutes_from_secs: i64,
 }
 
-impl QueryPlan {
-    fn new(window: &Window, previous_days: &[NaiveDate], rolled: &BTreeSet<NaiveDate>) -> Self {
-        let rolled_days: Vec<NaiveDate> = previous_days
-            .iter()
-            .copied()
-            .filter(|day| rolled.contains(day))
-            .collect();
-        let oldest_minute_day = previous_days
-            .iter()
-            .copied()
-            .find(|day| !rolled.contains(day))
-            .unwrap_or_else(|| window.today());
-        Self {
+impl WindowPlan {
+    fn new(window: &Window, plan: &ReadPlan) -> Self {
+        let today = window.today();
+        let mut days: Vec<NaiveDate> = window.previous_days();
+        days.push(today);
+        let mut this = Self {
+            first_day: window.from.date_naive(),
+            last_day: today,
             window_end_secs: window.to.timestamp(),
-            rolled_days,
-            minutes_from_secs: day_start(oldest_minute_day).timestamp(),
+            committed: plan.committed.arrays(),
+            snapshot_ids: Vec::new(),
+            top_list_days: Vec::new(),
+            top_lists_only_days: Vec::new(),
+            late_days: Vec::new(),
+            late_heads: DayHeads::default(),
+            minutes_from_secs: day_start(today).timestamp(),
+        };
+        let mut late_snapshots = Vec::new();
+        let mut first_minutes_day = today;
+        for day in days {
+            match plan.source(day, today) {
+                DaySource::Minutes => first_minutes_day = first_minutes_day.min(day),
+                DaySource::TopLists { snapshot_id, late } => {
+                    this.snapshot_ids.push(snapshot_id);
+                    this.top_list_days.push(day_number(day));
+                    if late {
+                        this.late_days.push(day_number(day));
+                        late_snapshots.push(&plan.snapshots[&day]);
+                        first_minutes_day = first_minutes_day.min(day);
+                    }
+                }
+                DaySource::TopListsOnly { snapshot_id } => {
+                    this.snapshot_ids.push(snapshot_id);
+                    this.top_list_days.push(day_number(day));
+                    this.top_lists_only_days.push(day_number(day));
+                }
+            }
         }
+        this.late_heads = DayHeads::of(late_snapshots);
+        this.minutes_from_secs = day_start(first_minutes_day).timestamp();
+        this
     }
 
-    /// The one query. Every value is bound; only the shape (which branches exist) varies.
+    /// The one query. Every value is bound; the shape is fixed.
     fn query(&self, client: &clickhouse::Client, user_id: &str) -> clickhouse::query::Query {
-        let rolled_numbers: Vec<u16> = self.rolled_days.iter().copied().map(day_number).collect();
-        let minutes_branch = format!(
-            "SELECT song_id, plays, toUInt16(toDate(minute)) AS day_number, toUInt8(0) AS truncated, \
-             toUInt64(0) AS cutoff_plays FROM {PLAYS_MINUTE} \
-             WHERE user_id = ? AND minute >= ? AND minute <= ?{}",
-            if rolled_numbers.is_empty() {
-                ""
-            } else {
-                " AND NOT has(?, toUInt16(toDate(minute)))"
-            }
-        );
-        let union = match (self.rolled_days.first(), self.rolled_days.last()) {
-            (Some(_), Some(_)) => format!(
-                "SELECT song_id, plays, toUInt16(day) AS day_number, user_truncated AS truncated, \
-                 user_cutoff_plays AS cutoff_plays FROM {DAILY_TOP} \
-                 WHERE user_id = ? AND day >= ? AND day <= ? AND has(?, toUInt16(day)) \
-                 UNION ALL {minutes_branch}"
-            ),
-            _ => minutes_branch,
-        };
         let sql = format!(
             "SELECT song_id, sum(plays) AS total_plays, \
              groupArrayIf((day_number, cutoff_plays), truncated = 1) AS truncated_days_present \
-             FROM ({union}) GROUP BY song_id HAVING total_plays > 0"
+             FROM ( \
+                 SELECT song_id, plays, toUInt16(day) AS day_number, user_truncated AS truncated, \
+                        user_cutoff_plays AS cutoff_plays \
+                 FROM {DAILY_TOP} \
+                 WHERE user_id = ? AND day >= toDate(?) AND day <= toDate(?) \
+                   AND has(CAST(? AS Array(UInt64)), snapshot_id) \
+                   AND (user_truncated = 0 OR has(CAST(? AS Array(UInt16)), toUInt16(day))) \
+                 UNION ALL \
+                 SELECT song_id, plays, day_number, truncated, cutoff_plays FROM ( \
+                     WITH (SELECT groupArray(toUInt16(day)) FROM {DAILY_TOP} \
+                           WHERE user_id = ? AND has(CAST(? AS Array(UInt64)), snapshot_id) \
+                             AND user_truncated = 1 AND rank = 1 \
+                             AND NOT has(CAST(? AS Array(UInt16)), toUInt16(day))) AS truncated_days \
+                     SELECT song_id, plays, toUInt16(toDate(minute)) AS day_number, \
+                            toUInt8(0) AS truncated, toUInt64(0) AS cutoff_plays \
+                     FROM {PLAYS_MINUTE} \
+                     WHERE user_id = ? \
+                       AND minute >= toDateTime(if(empty(truncated_days), toUInt32(?), \
+                             least(toUInt32(?), toUInt32(arrayReduce('min', truncated_days)) * 86400))) \
+                       AND minute <= toDateTime(?) \
+                       AND {committed} \
+                       AND (NOT has(CAST(? AS Array(UInt16)), day_number) \
+                            OR has(truncated_days, day_number) \
+                            OR (has(CAST(? AS Array(UInt16)), day_number) AND {late}))) \
+             ) GROUP BY song_id HAVING total_plays > 0",
+            committed = CommittedFlushes::condition(""),
+            late = DayHeads::condition("day_number"),
         );
-        let mut query = client.query(&sql);
-        if let (Some(first), Some(last)) = (self.rolled_days.first(), self.rolled_days.last()) {
-            query = query
-                .bind(user_id)
-                .bind(*first)
-                .bind(*last)
-                .bind(rolled_numbers.clone());
-        }
-        query = query
+        let minutes_from = u32::try_from(self.minutes_from_secs.max(0)).unwrap_or(u32::MAX);
+        let query = client
+            .query(&sql)
             .bind(user_id)
-            .bind(self.minutes_from_secs)
+            .bind(self.first_day.to_string())
+            .bind(self.last_day.to_string())
+            .bind(&self.snapshot_ids)
+            .bind(&self.top_lists_only_days)
+            .bind(user_id)
+            .bind(&self.snapshot_ids)
+            .bind(&self.top_lists_only_days)
+            .bind(user_id)
+            .bind(minutes_from)
+            .bind(minutes_from)
             .bind(self.window_end_secs);
-        if !rolled_numbers.is_empty() {
-            query = query.bind(rolled_numbers);
-        }
-        query
+        let query = self.committed.bind(query);
+        let query = query.bind(&self.top_list_days).bind(&self.late_days);
+        self.late_heads.bind(query)
     }
 }
 
-/// The set of rolled-up days, read from `rollup_progress` at most once per `ttl` for a range of
-/// days (a request whose days fall outside the cached range reads it again).
+/// The read plan, read from ClickHouse at most once per `ttl` for a range of days (a request
+/// whose days fall outside the cached range reads it again).
 #[derive(Debug)]
-pub struct RolledDaysCache {
+pub struct ReadPlanCache {
     ttl: Duration,
-    cached: RwLock<Option<CachedRolledDays>>,
+    cached: RwLock<Option<(ReadPlan, Instant)>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
-#[derive(Debug, Clone)]
-struct CachedRolledDays {
-    first_day: NaiveDate,
-    last_day: NaiveDate,
-    rolled: BTreeSet<NaiveDate>,
-    read_at: Instant,
-}
-
-impl RolledDaysCache {
+impl ReadPlanCache {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
@@ -224,63 +355,42 @@ impl RolledDaysCache {
         }
     }
 
-    fn fresh(&self, first_day: NaiveDate, last_day: NaiveDate) -> Option<BTreeSet<NaiveDate>> {
+    fn fresh(&self, first_day: NaiveDate, last_day: NaiveDate) -> Option<ReadPlan> {
         let cached = self
             .cached
             .read()
             .unwrap_or_else(|poison| poison.into_inner());
         cached
             .as_ref()
-            .filter(|entry| {
-                entry.first_day <= first_day
-                    && last_day <= entry.last_day
-                    && entry.read_at.elapsed() < self.ttl
+            .filter(|(plan, read_at)| {
+                plan.first_day <= first_day
+                    && last_day == plan.last_day
+                    && read_at.elapsed() < self.ttl
             })
-            .map(|entry| entry.rolled.clone())
+            .map(|(plan, _)| plan.clone())
     }
 
-    /// The rolled-up days among `days` (the window's previous days). `today` bounds the range
-    /// read, so that one read serves every request until midnight.
     async fn get(
         &self,
         client: &clickhouse::Client,
-        days: &[NaiveDate],
-        today: NaiveDate,
-    ) -> Result<BTreeSet<NaiveDate>, AppError> {
-        let (Some(&first_day), Some(_)) = (days.first(), days.last()) else {
-            return Ok(BTreeSet::new());
-        };
-        if let Some(rolled) = self.fresh(first_day, today) {
-            return Ok(rolled);
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+    ) -> Result<ReadPlan, AppError> {
+        if let Some(plan) = self.fresh(first_day, last_day) {
+            return Ok(plan);
         }
         // One reader refreshes; the others wait for it and then find the entry fresh.
         let _refreshing = self.refresh.lock().await;
-        if let Some(rolled) = self.fresh(first_day, today) {
-            return Ok(rolled);
+        if let Some(plan) = self.fresh(first_day, last_day) {
+            return Ok(plan);
         }
         let read_at = Instant::now();
-        let numbers: Vec<u16> = timed(
-            "rolled_days",
-            client
-                .query(&format!(
-                    "SELECT DISTINCT toUInt16(day) FROM {ROLLUP_PROGRESS} WHERE day >= ? AND day <= ?"
-                ))
-                .bind(first_day)
-                .bind(today)
-                .fetch_all(),
-        )
-        .await?;
-        let rolled: BTreeSet<NaiveDate> = numbers.into_iter().map(day_from_number).collect();
+        let plan = ReadPlan::read(client, first_day, last_day).await?;
         *self
             .cached
             .write()
-            .unwrap_or_else(|poison| poison.into_inner()) = Some(CachedRolledDays {
-            first_day,
-            last_day: today,
-            rolled: rolled.clone(),
-            read_at,
-        });
-        Ok(rolled)
+            .unwrap_or_else(|poison| poison.into_inner()) = Some((plan.clone(), read_at));
+        Ok(plan)
     }
 }
 
@@ -299,63 +409,107 @@ mod tests {
         text.parse().unwrap()
     }
 
-    #[test]
-    fn day_numbers_match_clickhouse_dates() {
-        assert_eq!(day_number(day("1970-01-01")), 0);
-        assert_eq!(day_number(day("2026-11-18")), 20775);
-        assert_eq!(day_from_number(20775), day("2026-11-18"));
+    fn snapshot(day: NaiveDate, snapshot_id: u64) -> RollupProgressRow {
+        RollupProgressRow {
+            day,
+            rolled_up_at: at("2026-11-24T00:20:00Z"),
+            minute_rows_read: 10,
+            plays_read: 10,
+            users: 1,
+            rows_written: 1,
+            seconds: 0.1,
+            snapshot_id,
+            snapshot_partitions: vec![0],
+            snapshot_newest_claim_ids: vec![1 << 32],
+            snapshot_newest_max_seqs: vec![4],
+        }
+    }
+
+    fn plan() -> ReadPlan {
+        let snapshots: BTreeMap<NaiveDate, RollupProgressRow> = [
+            (day("2026-11-18"), snapshot(day("2026-11-18"), 1)),
+            (day("2026-11-20"), snapshot(day("2026-11-20"), 2)),
+            (day("2026-11-21"), snapshot(day("2026-11-21"), 3)),
+            (day("2026-11-17"), snapshot(day("2026-11-17"), 9)),
+        ]
+        .into_iter()
+        .collect();
+        ReadPlan {
+            first_day: day("2026-11-17"),
+            last_day: day("2026-11-24"),
+            committed: CommittedFlushes::none(),
+            snapshots,
+            late_days: [day("2026-11-20")].into_iter().collect(),
+            minute_days: (17..=24)
+                .filter(|number| *number != 21)
+                .map(|number| day(&format!("2026-11-{number}")))
+                .collect(),
+        }
     }
 
     #[test]
-    fn every_previous_day_is_read_from_exactly_one_table() {
-        let window = Window::last_week(at("2026-11-24T10:15:30Z"));
-        let previous = window.previous_days();
-        let rolled: BTreeSet<NaiveDate> = [day("2026-11-18"), day("2026-11-20"), day("2026-11-17")]
-            .into_iter()
-            .collect();
-        let plan = QueryPlan::new(&window, &previous, &rolled);
-        assert_eq!(plan.rolled_days, [day("2026-11-18"), day("2026-11-20")]);
+    fn each_day_is_read_from_where_it_is_complete() {
+        let plan = plan();
+        let today = day("2026-11-24");
+        assert_eq!(plan.source(day("2026-11-19"), today), DaySource::Minutes);
         assert_eq!(
-            plan.minutes_from_secs,
+            plan.source(day("2026-11-18"), today),
+            DaySource::TopLists {
+                snapshot_id: 1,
+                late: false
+            }
+        );
+        assert_eq!(
+            plan.source(day("2026-11-20"), today),
+            DaySource::TopLists {
+                snapshot_id: 2,
+                late: true
+            }
+        );
+        assert_eq!(
+            plan.source(day("2026-11-21"), today),
+            DaySource::TopListsOnly { snapshot_id: 3 }
+        );
+        assert_eq!(plan.source(today, today), DaySource::Minutes);
+    }
+
+    #[test]
+    fn minute_rows_are_read_from_the_first_day_that_needs_them() {
+        let window = Window::last_week(at("2026-11-24T10:15:30Z"));
+        let window_plan = WindowPlan::new(&window, &plan());
+        // 11-17 is outside the window; 11-19 has no rollup.
+        assert_eq!(window_plan.snapshot_ids, vec![1, 2, 3]);
+        assert_eq!(
+            window_plan.minutes_from_secs,
             at("2026-11-19T00:00:00Z").timestamp()
         );
-        assert_eq!(plan.window_end_secs, at("2026-11-24T10:15:30Z").timestamp());
-        let client = clickhouse::Client::default();
-        let sql = plan.query(&client, "it's me").sql_display().to_string();
-        assert!(sql.contains("has([20775,20777], toUInt16(day))"), "{sql}");
-        assert!(
-            sql.contains("NOT has([20775,20777], toUInt16(toDate(minute)))"),
-            "{sql}"
-        );
-        assert!(sql.contains("user_id = 'it\\'s me'"), "{sql}");
-    }
-
-    #[test]
-    fn nothing_rolled_up_reads_only_minutes() {
-        let window = Window::last_week(at("2026-11-24T10:15:30Z"));
-        let plan = QueryPlan::new(&window, &window.previous_days(), &BTreeSet::new());
-        assert!(plan.rolled_days.is_empty());
+        assert_eq!(window_plan.late_days, vec![day_number(day("2026-11-20"))]);
         assert_eq!(
-            plan.minutes_from_secs,
-            at("2026-11-18T00:00:00Z").timestamp()
+            window_plan.top_lists_only_days,
+            vec![day_number(day("2026-11-21"))]
         );
-        let sql = plan
-            .query(&clickhouse::Client::default(), "u")
+        let sql = window_plan
+            .query(&clickhouse::Client::default(), "it's me")
             .sql_display()
             .to_string();
-        assert!(!sql.contains(DAILY_TOP), "{sql}");
-        assert!(!sql.contains("has("), "{sql}");
+        assert!(sql.contains("user_id = 'it\\'s me'"), "{sql}");
+        assert!(!sql.contains('?'), "every placeholder bound: {sql}");
     }
 
     #[test]
-    fn all_rolled_up_reads_minutes_of_today_only() {
+    fn with_everything_rolled_up_and_no_late_plays_light_users_read_today_only() {
+        let mut plan = plan();
+        plan.late_days.clear();
+        plan.snapshots
+            .insert(day("2026-11-19"), snapshot(day("2026-11-19"), 4));
+        plan.snapshots
+            .insert(day("2026-11-22"), snapshot(day("2026-11-22"), 5));
+        plan.snapshots
+            .insert(day("2026-11-23"), snapshot(day("2026-11-23"), 6));
         let window = Window::last_week(at("2026-11-24T10:15:30Z"));
-        let previous = window.previous_days();
-        let rolled: BTreeSet<NaiveDate> = previous.iter().copied().collect();
-        let plan = QueryPlan::new(&window, &previous, &rolled);
-        assert_eq!(plan.rolled_days.len(), 6);
+        let window_plan = WindowPlan::new(&window, &plan);
         assert_eq!(
-            plan.minutes_from_secs,
+            window_plan.minutes_from_secs,
             at("2026-11-24T00:00:00Z").timestamp()
         );
     }

@@ -1,9 +1,12 @@
 //! Versioned schema migrations: the files in `sql/`, applied in order and recorded in
 //! `schema_migrations`.
 //!
-//! Every statement is written to be re-runnable (`IF NOT EXISTS`), because ClickHouse has no
-//! DDL transactions: a crash between applying a file and recording it is repaired by applying
-//! it again. An applied file whose text later changed is an error, never silently skipped.
+//! Every statement is written to be re-runnable (`IF NOT EXISTS`, or an `INSERT .. SELECT`
+//! guarded by a condition), because ClickHouse has no DDL transactions: a crash between
+//! applying a file and recording it is repaired by applying it again. ClickHouse 18.16 has no
+//! `ADD COLUMN IF NOT EXISTS`, so the runner skips an `ALTER TABLE t ADD COLUMN c ..` (one
+//! column per statement) whose column exists. An applied file whose text later changed is an
+//! error, never silently skipped.
 
 use std::collections::BTreeMap;
 
@@ -32,6 +35,16 @@ pub const MIGRATIONS: &[Migration] = &[
         version: 2,
         name: "0002_daily_top.sql",
         sql: include_str!("../../sql/0002_daily_top.sql"),
+    },
+    Migration {
+        version: 3,
+        name: "0003_committed_flushes.sql",
+        sql: include_str!("../../sql/0003_committed_flushes.sql"),
+    },
+    Migration {
+        version: 4,
+        name: "0004_rollup_snapshots.sql",
+        sql: include_str!("../../sql/0004_rollup_snapshots.sql"),
     },
 ];
 
@@ -119,6 +132,11 @@ pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, Mig
             continue;
         }
         for (statement_index, statement) in statements(migration.sql).iter().enumerate() {
+            if let Some((table, column)) = added_column(statement) {
+                if column_exists(&client, &table, &column).await? {
+                    continue;
+                }
+            }
             client
                 .query(statement)
                 .execute()
@@ -203,6 +221,46 @@ pub fn statements(sql: &str) -> Vec<String> {
     result
 }
 
+/// `(table, column)` of an `ALTER TABLE t ADD COLUMN c ..` statement.
+fn added_column(statement: &str) -> Option<(String, String)> {
+    let mut words = statement.split_whitespace();
+    let keywords: Vec<String> = words
+        .by_ref()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if keywords != ["ALTER", "TABLE"] {
+        return None;
+    }
+    let table = words.next()?.to_owned();
+    let add: Vec<String> = words
+        .by_ref()
+        .take(2)
+        .map(str::to_ascii_uppercase)
+        .collect();
+    if add != ["ADD", "COLUMN"] {
+        return None;
+    }
+    Some((table, words.next()?.to_owned()))
+}
+
+async fn column_exists(
+    client: &clickhouse::Client,
+    table: &str,
+    column: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let count: u64 = client
+        .query(
+            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
+             AND table = ? AND name = ?",
+        )
+        .bind(table)
+        .bind(column)
+        .fetch_one()
+        .await?;
+    Ok(count > 0)
+}
+
 /// FNV-1a 64 of the file text, hex: enough to notice an edited migration.
 pub fn checksum(sql: &str) -> String {
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
@@ -229,6 +287,20 @@ mod tests {
             statements(sql),
             vec!["CREATE TABLE a (x UInt8)\nENGINE = Memory", "SELECT 1"]
         );
+    }
+
+    #[test]
+    fn recognises_added_columns() {
+        assert_eq!(
+            added_column("ALTER TABLE plays_minute ADD COLUMN claim_id UInt64 DEFAULT 0"),
+            Some(("plays_minute".to_owned(), "claim_id".to_owned()))
+        );
+        assert_eq!(
+            added_column("alter table t\n  add column c String"),
+            Some(("t".to_owned(), "c".to_owned()))
+        );
+        assert_eq!(added_column("ALTER TABLE t DELETE WHERE 1"), None);
+        assert_eq!(added_column("CREATE TABLE t (x UInt8)"), None);
     }
 
     #[test]

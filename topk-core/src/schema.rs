@@ -6,7 +6,12 @@ use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
 pub const PLAYS_MINUTE: &str = "plays_minute";
+/// Schema 2's flush checkpoints: history only since schema 3 (see [`FLUSH_COMMITS`]).
 pub const INGEST_CHECKPOINTS: &str = "ingest_checkpoints";
+pub const INGEST_CLAIMS: &str = "ingest_claims";
+pub const FLUSH_COMMITS: &str = "flush_commits";
+/// The view that says which flushes count (see [`crate::committed`]).
+pub const COMMITTED_FLUSHES: &str = "committed_flushes";
 pub const DAILY_TOP: &str = "daily_top";
 pub const ROLLUP_PROGRESS: &str = "rollup_progress";
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
@@ -26,23 +31,62 @@ pub struct MinuteRow {
     pub kafka_partition: u32,
     /// The last Kafka offset covered by the flush that wrote this row.
     pub flush_offset: u64,
+    /// The claim whose flush wrote this row, and that flush's sequence number in the claim:
+    /// the row counts only while that flush is committed (see [`crate::committed`]).
+    pub claim_id: u64,
+    pub flush_seq: u64,
 }
 
-/// The progress of one flush of one Kafka partition.
+/// One claim of a Kafka partition by an aggregator (see `topk_core::claims`).
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
-pub struct CheckpointRow {
+pub struct ClaimRow {
+    pub consumer_group: String,
     pub topic: String,
     pub kafka_partition: u32,
-    /// The last offset whose events are counted in `plays_minute` (inclusive).
-    pub flush_offset: u64,
+    /// `epoch << 32 | random`: a newer claim has a higher id.
+    pub claim_id: u64,
+    pub worker: String,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub claimed_at: DateTime<Utc>,
+    /// The claim this one took over from (0: none), and the last of its flushes that counts.
+    pub parent_claim_id: u64,
+    pub parent_max_seq: u64,
+    /// 1 when the parent's owner released the partition right after `parent_max_seq`, so
+    /// every row the parent wrote counts.
+    pub parent_released: u8,
+    /// Where this claim resumed: the last offset counted before it (-1: none), and the
+    /// duplicate filter's replay point then.
+    pub base_offset: i64,
+    pub base_replay_from: i64,
+    pub base_watermark_ms: i64,
+    /// Older claims whose rows count only up to a flush sequence (0: not at all).
+    pub capped_claim_ids: Vec<u64>,
+    pub capped_max_seqs: Vec<u64>,
+}
+
+/// The commit of one flush of one Kafka partition: its minute rows count from the moment
+/// this row exists (and for as long as its claim is not capped below `flush_seq`).
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct FlushCommitRow {
+    pub consumer_group: String,
+    pub topic: String,
+    pub kafka_partition: u32,
+    pub claim_id: u64,
+    pub flush_seq: u64,
+    /// The last offset whose events are counted once this flush is (inclusive).
+    pub flush_offset: i64,
     /// Where to re-read from, without counting, to rebuild the duplicate filter.
-    pub dedup_replay_from: u64,
+    pub dedup_replay_from: i64,
     /// The duplicate filter's watermark (highest event time seen) just before
     /// `dedup_replay_from`, epoch ms.
     pub watermark_ms: i64,
     pub events: u64,
     pub minute_rows: u64,
-    pub consumer_group: String,
+    /// The UTC days this flush wrote minute rows for (late-data detection), as ClickHouse
+    /// `Date` numbers (days since 1970-01-01, see [`crate::window::day_number`]).
+    pub minute_days: Vec<u16>,
+    /// 1 on the last flush of a claim whose owner released the partition cleanly.
+    pub released: u8,
     pub worker: String,
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     pub flushed_at: DateTime<Utc>,
@@ -65,9 +109,12 @@ pub struct DailyTopRow {
     /// The plays of the last kept song when truncated (an upper bound for every song not
     /// kept), else 0.
     pub user_cutoff_plays: u64,
+    /// The rollup (see [`RollupProgressRow::snapshot_id`]) that wrote this row.
+    pub snapshot_id: u64,
 }
 
-/// One completed rollup of one day.
+/// One completed rollup of one day: the snapshot of the day's top lists it wrote, and what
+/// it read.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
 pub struct RollupProgressRow {
     #[serde(with = "clickhouse::serde::chrono::date")]
@@ -79,4 +126,12 @@ pub struct RollupProgressRow {
     pub users: u64,
     pub rows_written: u64,
     pub seconds: f64,
+    /// The rows of `daily_top` this rollup wrote carry this id (`ms << 16 | random`: a
+    /// later rollup has a higher id). 0: a rollup from before schema 4.
+    pub snapshot_id: u64,
+    /// What it read: for each Kafka partition, the newest claim and the last committed flush
+    /// of that claim (see [`crate::committed::SnapshotHeads`]).
+    pub snapshot_partitions: Vec<u64>,
+    pub snapshot_newest_claim_ids: Vec<u64>,
+    pub snapshot_newest_max_seqs: Vec<u64>,
 }

@@ -29,6 +29,19 @@ pub fn day_start(day: NaiveDate) -> DateTime<Utc> {
     Utc.from_utc_datetime(&day.and_time(NaiveTime::MIN))
 }
 
+/// `day` as a ClickHouse `Date` number: days since 1970-01-01 (clamped to `Date`'s range).
+pub fn day_number(day: NaiveDate) -> u16 {
+    let days = day.signed_duration_since(NaiveDate::default()).num_days();
+    u16::try_from(days.max(0)).unwrap_or(u16::MAX)
+}
+
+/// The day of a ClickHouse `Date` number.
+pub fn day_from_number(number: u16) -> NaiveDate {
+    NaiveDate::default()
+        .checked_add_days(Days::new(u64::from(number)))
+        .unwrap_or(NaiveDate::MAX)
+}
+
 /// A window of whole UTC days ending at a moment inside its last day.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
@@ -55,6 +68,22 @@ impl Window {
     /// The product window (7 days) ending at `now`.
     pub fn last_week(now: DateTime<Utc>) -> Self {
         Self::ending_at(now, WINDOW_DAYS)
+    }
+
+    /// The window a consumed Kafka record is judged against: the product window ending at
+    /// the record's timestamp, so that re-reading the record later (a replay after a crash,
+    /// a restore from the archive) decides it exactly as the first read did. A record without
+    /// a timestamp is checked against the contract only (every time is inside).
+    pub fn for_record(record_timestamp_ms: Option<i64>) -> Self {
+        record_timestamp_ms
+            .and_then(DateTime::<Utc>::from_timestamp_millis)
+            .map_or(
+                Self {
+                    from: DateTime::<Utc>::MIN_UTC,
+                    to: DateTime::<Utc>::MAX_UTC,
+                },
+                Self::last_week,
+            )
     }
 
     pub fn today(&self) -> NaiveDate {
@@ -129,6 +158,24 @@ mod tests {
         let latest = now.timestamp_millis() + MAX_FUTURE_SKEW_MS;
         assert_eq!(window.admits(latest), Ok(()));
         assert_eq!(window.admits(latest + 1), Err(OutsideWindow::InFuture));
+    }
+
+    #[test]
+    fn a_record_is_judged_by_its_own_timestamp() {
+        let record_time = at("2026-11-24T10:15:00Z");
+        let window = Window::for_record(Some(record_time.timestamp_millis()));
+        assert_eq!(window, Window::last_week(record_time));
+        let unbounded = Window::for_record(None);
+        assert_eq!(unbounded.admits(0), Ok(()));
+        assert_eq!(unbounded.admits(32_503_680_000_000), Ok(())); // year 3000
+    }
+
+    #[test]
+    fn day_numbers_match_clickhouse_dates() {
+        let day = NaiveDate::from_ymd_opt(2026, 11, 18).unwrap();
+        assert_eq!(day_number(NaiveDate::from_ymd_opt(1970, 1, 1).unwrap()), 0);
+        assert_eq!(day_number(day), 20775);
+        assert_eq!(day_from_number(20775), day);
     }
 
     #[test]

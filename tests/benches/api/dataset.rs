@@ -59,6 +59,8 @@ pub async fn load(
                             topic: "plays".to_owned(),
                             kafka_partition: 0,
                             flush_offset: 0,
+                            claim_id: 0,
+                            flush_seq: 0,
                         })
                         .await?;
                     minute_rows += 1;
@@ -90,6 +92,7 @@ pub async fn load(
                         user_songs,
                         user_truncated: u8::from(truncated),
                         user_cutoff_plays: cutoff,
+                        snapshot_id: 0,
                     })
                     .await?;
                 daily_rows += 1;
@@ -108,6 +111,10 @@ pub async fn load(
                     users,
                     rows_written: 0,
                     seconds: 0.0,
+                    snapshot_id: 0,
+                    snapshot_partitions: Vec::new(),
+                    snapshot_newest_claim_ids: Vec::new(),
+                    snapshot_newest_max_seqs: Vec::new(),
                 })
                 .await?;
             progress.end().await?;

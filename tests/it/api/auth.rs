@@ -3,7 +3,6 @@
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use topk_core::schema::{MinuteRow, PLAYS_MINUTE};
 use topk_tests::stack;
 
 use super::*;
@@ -88,7 +87,6 @@ fn rs256(claims: &TestClaims<'_>) -> String {
 #[tokio::test]
 async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
     let options = stack::fresh_database("api_auth_hs256").await;
-    let client = options.client();
     let mut counts = Counts::new();
     counts.insert(
         ("alice".to_owned(), day(0)),
@@ -98,12 +96,11 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
         ("bob".to_owned(), day(1)),
         [("song-b".to_owned(), 5)].into(),
     );
-    insert_rows!(
-        client,
-        PLAYS_MINUTE,
-        MinuteRow,
-        &minute_rows(&mut StdRng::seed_from_u64(3), &counts)
-    );
+    topk_tests::committed::write_committed(
+        &options,
+        &minute_rows(&mut StdRng::seed_from_u64(3), &counts),
+    )
+    .await;
     let mut config = config(options);
     config.auth_mode = AuthMode::Hs256;
     config.jwt_hs256_secret = "test-secret".to_owned();

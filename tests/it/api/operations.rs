@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use topk_core::schema::{MinuteRow, PLAYS_MINUTE};
+use topk_core::schema::MinuteRow;
 use topk_tests::process::ChildProcess;
 use topk_tests::stack;
 
@@ -267,8 +267,10 @@ async fn serves_a_socket_with_the_system_clock_and_drains_on_shutdown() {
         topic: "plays".to_owned(),
         kafka_partition: 0,
         flush_offset: 1,
+        claim_id: 0,
+        flush_seq: 0,
     };
-    insert_rows!(options.client(), PLAYS_MINUTE, MinuteRow, [&row]);
+    topk_tests::committed::write_committed(&options, &[row]).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     let state = AppState::from_config(&config(options)).unwrap();

@@ -1,0 +1,192 @@
+//! Writing minute rows into ClickHouse the way a writer does — claim the partition, write the
+//! rows tagged with the claim, commit — for tests that need rows without running the
+//! aggregator; and planting rows of a flush that never committed (what a crash leaves).
+
+use std::collections::BTreeMap;
+
+use chrono::Utc;
+use topk_core::claims::{claim_partition, Claim, ClaimOwner};
+use topk_core::db::ClickHouseOptions;
+use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
+use topk_core::window::day_number;
+
+/// The consumer group of the rows tests write directly.
+pub const TEST_GROUP: &str = "topk-tests";
+
+fn owner(topic: &str) -> ClaimOwner {
+    owner_in(TEST_GROUP, topic)
+}
+
+fn owner_in(group: &str, topic: &str) -> ClaimOwner {
+    ClaimOwner {
+        consumer_group: group.to_owned(),
+        topic: topic.to_owned(),
+        worker: "test-writer".to_owned(),
+    }
+}
+
+fn by_partition(rows: &[MinuteRow]) -> BTreeMap<u32, Vec<MinuteRow>> {
+    let mut grouped: BTreeMap<u32, Vec<MinuteRow>> = BTreeMap::new();
+    for row in rows {
+        grouped
+            .entry(row.kafka_partition)
+            .or_default()
+            .push(row.clone());
+    }
+    grouped
+}
+
+async fn insert<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+    client: &clickhouse::Client,
+    table: &str,
+    rows: &[T],
+) {
+    let mut insert = client.insert::<T>(table).await.expect("start insert");
+    for row in rows {
+        insert.write(row).await.expect("write row");
+    }
+    insert.end().await.expect("end insert");
+}
+
+/// Claims each partition of `rows` (group [`TEST_GROUP`], the rows' topic), writes the rows as
+/// the claim's first flush and commits it, released. The rows then count, as a flush of the
+/// aggregator's would; each call is a new flush (a new claim) per partition. Returns the
+/// claims.
+pub async fn write_committed(clickhouse: &ClickHouseOptions, rows: &[MinuteRow]) -> Vec<Claim> {
+    let client = clickhouse.client();
+    let mut claims = Vec::new();
+    for (partition, mut rows) in by_partition(rows) {
+        let topic = rows[0].topic.clone();
+        let claim = claim_partition(&client, &owner(&topic), partition)
+            .await
+            .expect("claim a partition");
+        let flush_offset = rows
+            .iter()
+            .map(|row| row.flush_offset as i64)
+            .max()
+            .unwrap_or(0)
+            .max(claim.resume.counted_through.unwrap_or(-1));
+        for row in &mut rows {
+            row.claim_id = claim.claim_id;
+            row.flush_seq = 1;
+        }
+        insert(&client, PLAYS_MINUTE, &rows).await;
+        let mut minute_days: Vec<u16> = rows
+            .iter()
+            .map(|row| day_number(row.minute.date_naive()))
+            .collect();
+        minute_days.sort_unstable();
+        minute_days.dedup();
+        let commit = FlushCommitRow {
+            consumer_group: TEST_GROUP.to_owned(),
+            topic,
+            kafka_partition: partition,
+            claim_id: claim.claim_id,
+            flush_seq: 1,
+            flush_offset,
+            dedup_replay_from: flush_offset + 1,
+            watermark_ms: 0,
+            events: rows.iter().map(|row| row.plays).sum(),
+            minute_rows: rows.len() as u64,
+            minute_days,
+            released: 1,
+            worker: "test-writer".to_owned(),
+            flushed_at: Utc::now(),
+        };
+        insert(&client, FLUSH_COMMITS, &[commit]).await;
+        claims.push(claim);
+    }
+    claims
+}
+
+/// Claims each partition of `rows` for consumer group `group` and writes the rows as the
+/// claim's first flush without committing it: what a worker leaves when it crashes between
+/// its minute rows and its commit. They must never count, whoever claims the partition next.
+pub async fn write_uncommitted(
+    clickhouse: &ClickHouseOptions,
+    group: &str,
+    rows: &[MinuteRow],
+) -> Vec<Claim> {
+    let client = clickhouse.client();
+    let mut claims = Vec::new();
+    for (partition, mut rows) in by_partition(rows) {
+        let claim = claim_partition(&client, &owner_in(group, &rows[0].topic), partition)
+            .await
+            .expect("claim a partition");
+        for row in &mut rows {
+            row.claim_id = claim.claim_id;
+            row.flush_seq = 1;
+        }
+        insert(&client, PLAYS_MINUTE, &rows).await;
+        claims.push(claim);
+    }
+    claims
+}
+
+/// Claims `partition` and commits it through `flush_offset` without rows: the state an
+/// aggregator leaves once it counted the partition that far (for tests of readers that
+/// depend on where partitions are committed, such as the restore).
+pub async fn commit_through(
+    clickhouse: &ClickHouseOptions,
+    topic: &str,
+    partition: u32,
+    flush_offset: i64,
+) -> Claim {
+    let client = clickhouse.client();
+    let claim = claim_partition(&client, &owner(topic), partition)
+        .await
+        .expect("claim a partition");
+    let commit = FlushCommitRow {
+        consumer_group: TEST_GROUP.to_owned(),
+        topic: topic.to_owned(),
+        kafka_partition: partition,
+        claim_id: claim.claim_id,
+        flush_seq: 1,
+        flush_offset,
+        dedup_replay_from: flush_offset + 1,
+        watermark_ms: 0,
+        events: 0,
+        minute_rows: 0,
+        minute_days: Vec::new(),
+        released: 1,
+        worker: "test-writer".to_owned(),
+        flushed_at: Utc::now(),
+    };
+    insert(&client, FLUSH_COMMITS, &[commit]).await;
+    claim
+}
+
+/// Claims `partition` for a test writer that streams its own rows (tagged with the claim's id
+/// and flush 1) and then calls [`commit_first_flush`].
+pub async fn claim(clickhouse: &ClickHouseOptions, topic: &str, partition: u32) -> Claim {
+    claim_partition(&clickhouse.client(), &owner(topic), partition)
+        .await
+        .expect("claim a partition")
+}
+
+/// Commits flush 1 of `claim`, released, through `flush_offset`, listing `minute_days`.
+pub async fn commit_first_flush(
+    clickhouse: &ClickHouseOptions,
+    topic: &str,
+    claim: &Claim,
+    flush_offset: i64,
+    minute_days: &[chrono::NaiveDate],
+) {
+    let commit = FlushCommitRow {
+        consumer_group: TEST_GROUP.to_owned(),
+        topic: topic.to_owned(),
+        kafka_partition: claim.kafka_partition,
+        claim_id: claim.claim_id,
+        flush_seq: 1,
+        flush_offset,
+        dedup_replay_from: flush_offset + 1,
+        watermark_ms: 0,
+        events: 0,
+        minute_rows: 0,
+        minute_days: minute_days.iter().copied().map(day_number).collect(),
+        released: 1,
+        worker: "test-writer".to_owned(),
+        flushed_at: Utc::now(),
+    };
+    insert(&clickhouse.client(), FLUSH_COMMITS, &[commit]).await;
+}
