@@ -1,7 +1,9 @@
 -- wrk script for benches/api.rs: each request reads a random user's top songs.
--- Env: BENCH_USERS (ids are u0 .. u<BENCH_USERS-1>), BENCH_METHOD, BENCH_PATH and BENCH_BODY
+-- Env: BENCH_USER_FIRST and BENCH_USERS (ids are u<first> .. u<first+users-1>), BENCH_METHOD,
+-- BENCH_PATH and BENCH_BODY
 -- (templates in which __USER__ is replaced), BENCH_AUTHORIZATION (optional header value).
 -- Prints one line "wrk-result ..." that the benchmark parses.
+local first_user = tonumber(os.getenv("BENCH_USER_FIRST") or "0")
 local users = tonumber(os.getenv("BENCH_USERS"))
 local method = os.getenv("BENCH_METHOD")
 local path = os.getenv("BENCH_PATH")
@@ -25,7 +27,7 @@ function init(args)
 end
 
 function request()
-  local user = "u" .. math.random(0, users - 1)
+  local user = "u" .. math.random(first_user, first_user + users - 1)
   local request_path = path:gsub("__USER__", user)
   if body ~= nil and body ~= "" then
     local request_body = body:gsub("__USER__", user)

@@ -183,5 +183,6 @@ async fn roll_up(options: &ClickHouseOptions, days: &[NaiveDate]) {
 }
 
 mod auth;
+mod exactness;
 mod operations;
 mod results;

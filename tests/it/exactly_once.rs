@@ -533,3 +533,82 @@ pub async fn assert_api_equals_brute_force(pipeline: &Pipeline, expected: &Minut
         assert_eq!(body["exact"], true, "user {user}");
     }
 }
+
+/// A free loopback port for a process's metrics endpoint.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:`port`: (status, body), or None while nothing answers.
+async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, body)| body)
+        .to_owned();
+    Some((status, body))
+}
+
+/// Case 8: a worker that holds no partition while a partition has records nobody consumes
+/// says so (`/healthz` 503, `topk_aggregator_unconsumed_partitions`), so that an orchestrator
+/// restarts it. Here the owner of the only partition is paused (SIGSTOP): the test broker
+/// parks the group until it resumes (Apache Kafka would evict it after `session.timeout.ms`),
+/// and the second worker, which joined meanwhile, holds nothing. Once the owner resumes, the
+/// group recovers and the counts are exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case8_a_worker_without_partitions_reports_records_nobody_consumes() {
+    let pipeline = Pipeline::new("case8_unconsumed", 1).await;
+    let messages = generate(&spec(4_000, 108));
+    let expected = expected_minute_counts(&messages);
+    let (first, second) = messages.split_at(messages.len() / 2);
+    let owner = pipeline.start_aggregator("owner", &["--worker-id", "owner"]);
+    pipeline.produce_unbatched(first).await;
+    pipeline.wait_until_drained(Duration::from_secs(120)).await;
+    owner.signal("STOP");
+    pipeline.produce_unbatched(second).await;
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut idle = pipeline.start_aggregator(
+        "idle",
+        &["--worker-id", "idle", "--metrics-listen", listen.as_str()],
+    );
+    let reported = async {
+        loop {
+            if let Some((503, body)) = http_get(port, "/healthz").await {
+                return body;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    };
+    let body = tokio::time::timeout(Duration::from_secs(150), reported)
+        .await
+        .unwrap_or_else(|_| panic!("/healthz never reported it:\n{}", idle.log_tail(20)));
+    assert!(body.contains("holds no partition"), "{body}");
+    let (_, metrics) = http_get(port, "/metrics").await.unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("topk_aggregator_unconsumed_partitions 1")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("topk_aggregator_assigned_partitions 0"),
+        "{metrics}"
+    );
+    owner.signal("CONT");
+    pipeline.wait_until_drained(Duration::from_secs(180)).await;
+    pipeline.assert_counts_equal(&expected, &idle).await;
+    assert!(idle.is_running(), "{}", idle.log_tail(20));
+}

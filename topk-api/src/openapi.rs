@@ -107,7 +107,7 @@ pub fn document() -> Value {
                                 "plays": {"type": "integer", "minimum": 1}
                             }
                         }},
-                        "exact": {"type": "boolean", "description": "True only when the list and its counts are provably those of the untruncated counts"}
+                        "exact": {"type": "boolean", "description": "True when the list and its counts are exactly those of all plays of the window committed up to the moment the answer reflects (at most a few seconds before generated_at). False only when a day's per-minute data inside the window was deleted by an operator and the day's stored top 50 cannot prove the list"}
                     }
                 },
                 "Error": {

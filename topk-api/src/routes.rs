@@ -125,7 +125,7 @@ async fn top_songs(
 ) -> Result<Json<TopSongsResponse>, AppError> {
     let window = Window::last_week(state.now());
     let stored = state.store().songs_in_window(&user_id, &window).await?;
-    let ranking = rank(stored, params.limit);
+    let ranking = rank(stored.songs, params.limit);
     Ok(Json(TopSongsResponse {
         user_id,
         window: WindowBody {
@@ -148,7 +148,7 @@ async fn top_songs(
                 },
             )
             .collect(),
-        exact: ranking.exact,
+        exact: ranking.exact && stored.complete,
     }))
 }
 

@@ -11,7 +11,8 @@
 //!   minute rows: exactly the rows above the snapshot's recorded heads;
 //! - **rolled-up days whose minute rows are gone** (an operator pruned them inside the
 //!   window): the top lists alone, truncated ones included, with the truncation bounds of
-//!   [`crate::ranking`] deciding whether the answer is still exact.
+//!   [`crate::ranking`] deciding whether the answer is still exact — and it is not when
+//!   plays were committed for such a day after its rollup ([`WindowSongs::complete`]).
 //!
 //! The minute rows of a rolled-up day are only read where needed: the query's lower bound on
 //! `minute` is the first day that needs them (a scalar subquery finds the user's truncated
@@ -62,10 +63,14 @@ impl Store {
         &self,
         user_id: &str,
         window: &Window,
-    ) -> Result<Vec<StoredSong>, AppError> {
+    ) -> Result<WindowSongs, AppError> {
         self.within_timeout(async {
             let plan = self.window_plan(window).await?;
-            timed("top_songs", plan.query(&self.client, user_id).fetch_all()).await
+            let songs = timed("top_songs", plan.query(&self.client, user_id).fetch_all()).await?;
+            Ok(WindowSongs {
+                songs,
+                complete: !plan.plays_lost,
+            })
         })
         .await
     }
@@ -198,6 +203,7 @@ impl ReadPlan {
         if !self.minute_days.contains(&day) && snapshot.minute_rows_read > 0 {
             return DaySource::TopListsOnly {
                 snapshot_id: snapshot.snapshot_id,
+                late: self.late_days.contains(&day),
             };
         }
         DaySource::TopLists {
@@ -215,8 +221,19 @@ pub enum DaySource {
     /// The snapshot's top list of the user, or the user's minute rows when that list is
     /// truncated; plus, when `late`, the user's rows committed after the snapshot.
     TopLists { snapshot_id: u64, late: bool },
-    /// The snapshot's top list alone, truncated or not: the day's minute rows are gone.
-    TopListsOnly { snapshot_id: u64 },
+    /// The snapshot's top list alone, truncated or not: the day's minute rows are gone. With
+    /// `late`, plays committed after the snapshot are gone with them: the answer cannot be
+    /// exact.
+    TopListsOnly { snapshot_id: u64, late: bool },
+}
+
+/// Every song a user played in the window, as the store can read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WindowSongs {
+    pub songs: Vec<StoredSong>,
+    /// False when plays of the window cannot be read at all: a day's minute rows were pruned
+    /// after plays were committed for it past its rollup.
+    pub complete: bool,
 }
 
 /// Which tables one request reads for which days, and the SQL for it.
@@ -238,6 +255,8 @@ struct WindowPlan {
     /// The start of the first day every user's minute rows are needed for (a day read from
     /// minute rows, or with late plays).
     minutes_from_secs: i64,
+    /// A day read from top lists alone had plays committed after its rollup.
+    plays_lost: bool,
 }
 
 impl WindowPlan {
@@ -256,6 +275,7 @@ impl WindowPlan {
             late_days: Vec::new(),
             late_heads: DayHeads::default(),
             minutes_from_secs: day_start(today).timestamp(),
+            plays_lost: false,
         };
         let mut late_snapshots = Vec::new();
         let mut first_minutes_day = today;
@@ -271,10 +291,11 @@ impl WindowPlan {
                         first_minutes_day = first_minutes_day.min(day);
                     }
                 }
-                DaySource::TopListsOnly { snapshot_id } => {
+                DaySource::TopListsOnly { snapshot_id, late } => {
                     this.snapshot_ids.push(snapshot_id);
                     this.top_list_days.push(day_number(day));
                     this.top_lists_only_days.push(day_number(day));
+                    this.plays_lost |= late;
                 }
             }
         }
@@ -395,6 +416,9 @@ impl ReadPlanCache {
 }
 
 #[cfg(test)]
+mod model;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use chrono::{DateTime, Utc};
@@ -468,7 +492,10 @@ mod tests {
         );
         assert_eq!(
             plan.source(day("2026-11-21"), today),
-            DaySource::TopListsOnly { snapshot_id: 3 }
+            DaySource::TopListsOnly {
+                snapshot_id: 3,
+                late: false
+            }
         );
         assert_eq!(plan.source(today, today), DaySource::Minutes);
     }

@@ -1,6 +1,13 @@
-//! The reference dataset: Zipf-distributed plays, six rolled-up days and today's minute rows.
+//! The reference dataset: 7 days of committed minute rows for Zipf-listening users, the six
+//! previous days rolled up by the real rollup job.
+//!
+//! Two cohorts: the first 1 % of users (`u0..`) are heavy listeners — 200 to 400 plays a day
+//! over personal libraries of 3 000 songs, Zipf-distributed, so every one of their days is
+//! truncated to 50 songs and their answers read minute rows; the others are light listeners,
+//! 1 to 45 plays a day (heavy-tailed, about 12 on average), never truncated.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
@@ -8,129 +15,122 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Zipf};
 use topk_core::db::ClickHouseOptions;
-use topk_core::schema::{
-    DailyTopRow, MinuteRow, RollupProgressRow, DAILY_TOP, DAILY_TOP_SIZE, PLAYS_MINUTE,
-    ROLLUP_PROGRESS,
-};
+use topk_core::schema::{MinuteRow, DAILY_TOP, PLAYS_MINUTE};
 use topk_core::window::day_start;
 
 const CATALOG_SONGS: u64 = 200_000;
+const HEAVY_LIBRARY: u64 = 3_000;
 
-/// Six rolled-up days (daily top 50 + progress row) and today's minute rows up to `now`.
+/// Which users are which.
+#[derive(Debug, Clone)]
+pub struct Cohorts {
+    pub heavy: Range<u64>,
+    pub light: Range<u64>,
+}
+
+/// Loads `users` users × 7 days ending at `now` and rolls up the six previous days.
 pub async fn load(
     options: &ClickHouseOptions,
     users: u64,
     now: DateTime<Utc>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Cohorts> {
     let client = options.client();
     let started = Instant::now();
-    let zipf = Zipf::new(CATALOG_SONGS as f64, 1.1)?;
+    let heavy_users = (users / 100).max(1);
+    let catalog = Zipf::new(CATALOG_SONGS as f64, 1.1)?;
+    let library = Zipf::new(HEAVY_LIBRARY as f64, 1.0)?;
     let mut rng = StdRng::seed_from_u64(42);
     let today = now.date_naive();
-    let minutes_so_far = (now - day_start(today)).num_minutes();
-    let mut daily_rows = 0u64;
+    let claim = topk_tests::committed::claim(options, "plays", 0).await;
     let mut minute_rows = 0u64;
-    let mut truncated_user_days = 0u64;
+    let mut plays_total = 0u64;
+    let mut days = Vec::new();
     for offset in (0..=6u64).rev() {
         let day: NaiveDate = today - Days::new(offset);
-        let mut daily = client.insert::<DailyTopRow>(DAILY_TOP).await?;
-        let mut minutes = client.insert::<MinuteRow>(PLAYS_MINUTE).await?;
+        days.push(day);
+        let minutes_in_day = if offset == 0 {
+            (now - day_start(today)).num_minutes()
+        } else {
+            1_440
+        };
+        let share_of_day = minutes_in_day as f64 / 1_440.0;
+        let mut insert = client.insert::<MinuteRow>(PLAYS_MINUTE).await?;
         for user in 0..users {
-            // Plays per user and day: heavy-tailed, from 1 to 400 (mean about 17).
-            let plays = ((5.0 / rng.random::<f64>().powf(0.7)) as u64).clamp(1, 400);
-            let mut counts: HashMap<u64, u64> = HashMap::new();
+            let heavy = user < heavy_users;
+            let full_day = if heavy {
+                rng.random_range(200..=400)
+            } else {
+                ((5.0 / rng.random::<f64>().powf(0.7)) as u64).clamp(1, 45)
+            };
+            let plays = ((full_day as f64 * share_of_day).round() as u64).max(1);
+            let mut counts: HashMap<(u64, i64), u64> = HashMap::new();
             for _ in 0..plays {
                 // Each user's own favourites: the Zipf rank shifted per user.
-                let rank = zipf.sample(&mut rng) as u64;
-                *counts
-                    .entry((rank + user * 7919) % CATALOG_SONGS)
-                    .or_default() += 1;
+                let song = if heavy {
+                    let rank = library.sample(&mut rng) as u64;
+                    (rank * 7 + user * 7_919) % CATALOG_SONGS
+                } else {
+                    let rank = catalog.sample(&mut rng) as u64;
+                    (rank + user * 7_919) % CATALOG_SONGS
+                };
+                let minute = rng.random_range(0..minutes_in_day.max(1));
+                *counts.entry((song, minute)).or_default() += 1;
             }
+            plays_total += plays;
             let user_id = format!("u{user}");
-            if offset == 0 {
-                for (song, song_plays) in counts {
-                    minutes
-                        .write(&MinuteRow {
-                            user_id: user_id.clone(),
-                            song_id: format!("s{song}"),
-                            minute: day_start(day)
-                                + chrono::Duration::minutes(rng.random_range(0..minutes_so_far)),
-                            plays: song_plays,
-                            topic: "plays".to_owned(),
-                            kafka_partition: 0,
-                            flush_offset: 0,
-                            claim_id: 0,
-                            flush_seq: 0,
-                        })
-                        .await?;
-                    minute_rows += 1;
-                }
-                continue;
-            }
-            let mut ranked: Vec<(String, u64)> = counts
-                .into_iter()
-                .map(|(song, song_plays)| (format!("s{song}"), song_plays))
-                .collect();
-            ranked.sort_unstable_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-            let user_songs = ranked.len() as u64;
-            let truncated = ranked.len() > DAILY_TOP_SIZE;
-            let cutoff = if truncated {
-                ranked[DAILY_TOP_SIZE - 1].1
-            } else {
-                0
-            };
-            truncated_user_days += u64::from(truncated);
-            for ((song_id, song_plays), rank) in ranked.into_iter().take(DAILY_TOP_SIZE).zip(1u16..)
-            {
-                daily
-                    .write(&DailyTopRow {
-                        day,
+            for ((song, minute), song_plays) in counts {
+                insert
+                    .write(&MinuteRow {
                         user_id: user_id.clone(),
-                        rank,
-                        song_id,
+                        song_id: format!("s{song}"),
+                        minute: day_start(day) + chrono::Duration::minutes(minute),
                         plays: song_plays,
-                        user_songs,
-                        user_truncated: u8::from(truncated),
-                        user_cutoff_plays: cutoff,
-                        snapshot_id: 0,
+                        topic: "plays".to_owned(),
+                        kafka_partition: 0,
+                        flush_offset: 0,
+                        claim_id: claim.claim_id,
+                        flush_seq: 1,
                     })
                     .await?;
-                daily_rows += 1;
+                minute_rows += 1;
             }
         }
-        daily.end().await?;
-        minutes.end().await?;
-        if offset > 0 {
-            let mut progress = client.insert::<RollupProgressRow>(ROLLUP_PROGRESS).await?;
-            progress
-                .write(&RollupProgressRow {
-                    day,
-                    rolled_up_at: day_start(day) + chrono::Duration::hours(25),
-                    minute_rows_read: 0,
-                    plays_read: 0,
-                    users,
-                    rows_written: 0,
-                    seconds: 0.0,
-                    snapshot_id: 0,
-                    snapshot_partitions: Vec::new(),
-                    snapshot_newest_claim_ids: Vec::new(),
-                    snapshot_newest_max_seqs: Vec::new(),
-                })
-                .await?;
-            progress.end().await?;
-        }
+        insert.end().await?;
         println!(
-            "loaded {day}: {daily_rows} daily rows, {minute_rows} minute rows so far ({:.1} s)",
+            "loaded {day}: {minute_rows} minute rows, {plays_total} plays so far ({:.1} s)",
             started.elapsed().as_secs_f64()
         );
     }
-    println!(
-        "dataset: {users} users × 7 days, {daily_rows} daily top rows ({truncated_user_days} truncated user-days), \
-         {minute_rows} minute rows today, in {:.1} s ({:.0} rows/s)",
-        started.elapsed().as_secs_f64(),
-        (daily_rows + minute_rows) as f64 / started.elapsed().as_secs_f64()
+    topk_tests::committed::commit_first_flush(options, "plays", &claim, 0, &days).await;
+    let rollup_started = Instant::now();
+    let job = topk_rollup::RollupJob::new(client.clone(), now);
+    let outcomes = job
+        .backfill(days[0], days[5], |outcome| println!("{outcome}"))
+        .await?;
+    anyhow::ensure!(
+        outcomes.iter().all(|outcome| !outcome.failed()),
+        "rollup failed"
     );
-    wait_for_merges(&client).await
+    let truncated: u64 = client
+        .query("SELECT count() FROM daily_top WHERE rank = 1 AND user_truncated = 1")
+        .fetch_one()
+        .await?;
+    let daily_rows: u64 = client
+        .query("SELECT count() FROM daily_top")
+        .fetch_one()
+        .await?;
+    println!(
+        "dataset: {users} users × 7 days ({heavy_users} heavy listeners), {minute_rows} minute rows \
+         ({plays_total} plays), {daily_rows} daily top rows ({truncated} truncated user-days), \
+         loaded in {:.1} s, rolled up in {:.1} s",
+        rollup_started.duration_since(started).as_secs_f64(),
+        rollup_started.elapsed().as_secs_f64()
+    );
+    wait_for_merges(&client).await?;
+    Ok(Cohorts {
+        heavy: 0..heavy_users,
+        light: heavy_users..users,
+    })
 }
 
 /// Background merges right after a bulk load would compete with the measured runs.

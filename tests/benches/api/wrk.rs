@@ -5,6 +5,7 @@ use std::process::Command;
 
 use anyhow::Context;
 
+#[derive(Clone)]
 pub struct WrkTarget {
     pub url: String,
     pub method: &'static str,
@@ -67,7 +68,13 @@ impl WrkResult {
 }
 
 impl WrkTarget {
-    pub fn run(&self, users: u64, connections: u64, seconds: u64) -> anyhow::Result<WrkResult> {
+    /// Runs `wrk` against the target for users `u{users.start}..u{users.end - 1}`.
+    pub fn run(
+        &self,
+        users: std::ops::Range<u64>,
+        connections: u64,
+        seconds: u64,
+    ) -> anyhow::Result<WrkResult> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/api.lua");
         let cpu_before = CpuTicks::now()?;
         let output = Command::new("wrk")
@@ -86,7 +93,8 @@ impl WrkTarget {
                 script,
                 &self.url,
             ])
-            .env("BENCH_USERS", users.to_string())
+            .env("BENCH_USER_FIRST", users.start.to_string())
+            .env("BENCH_USERS", (users.end - users.start).to_string())
             .env("BENCH_METHOD", self.method)
             .env("BENCH_PATH", &self.path)
             .env("BENCH_BODY", &self.body)
