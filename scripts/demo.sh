@@ -31,7 +31,8 @@ step "building the binaries"
 cargo build --workspace --bins --locked
 BIN=${CARGO_TARGET_DIR:-$ROOT/target}/debug
 
-step "schema migrations ($TOPK_CLICKHOUSE_DATABASE)"
+step "schema migrations ($TOPK_CLICKHOUSE_DATABASE, emptied first: a database serves one topic)"
+curl -fsS "$TOPK_CLICKHOUSE_URL" --data-binary "DROP DATABASE IF EXISTS \`$TOPK_CLICKHOUSE_DATABASE\`" >/dev/null
 "$BIN/topk-rollup" migrate
 
 pids=()
@@ -71,7 +72,7 @@ done
 [ $settled -ge 2 ] || { echo "the aggregator did not drain in 3 minutes; see .stack/demo/aggregator.log" >&2; exit 1; }
 curl -fsS "http://$METRICS_LISTEN/metrics" | grep -E '^topk_aggregator_(events_total|dead_letters_total)' >&2
 
-step "nightly rollup of the previous days"
+step "rollup of the previous days"
 "$BIN/topk-rollup" run
 
 step "starting topk-api on $API_LISTEN (log: .stack/demo/api.log)"

@@ -194,7 +194,17 @@ impl AggregatorContext {
         let kafka_partition =
             u32::try_from(partition).map_err(|_| format!("partition {partition} is negative"))?;
         loop {
-            match claim_partition(&self.clickhouse, &self.owner, kafka_partition).await {
+            let claimed = tokio::time::timeout(
+                crate::flush::CALL_TIMEOUT,
+                claim_partition(&self.clickhouse, &self.owner, kafka_partition),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(ClaimError::ClickHouse(clickhouse::error::Error::Custom(
+                    format!("no answer within {:?}", crate::flush::CALL_TIMEOUT),
+                )))
+            });
+            match claimed {
                 Ok(claim) => {
                     metrics::claimed();
                     if claim.parent_claim_id != 0 && !claim.parent_released {

@@ -17,6 +17,20 @@ use crate::dead_letter::DeadLetterQueue;
 use crate::metrics;
 use crate::partition::{ClaimState, PartitionFlush};
 
+/// How long a ClickHouse call of the flush path other than an insert (claims, the fence
+/// check, stopping queries) may take before it counts as failed.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs `call`, failing it after [`CALL_TIMEOUT`].
+async fn bounded<T, E: std::fmt::Display>(
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result.map_err(|error| error.to_string()),
+        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+    }
+}
+
 /// The flush of several partitions of one shard: one insert of minute rows and one insert
 /// of commits.
 pub struct FlushBatch {
@@ -152,7 +166,7 @@ impl FlushTarget {
                 // Whatever is still running on the server is stopped before the partitions
                 // are handed on; what already landed is never committed by this claim (or is
                 // fenced by the next owner's claim).
-                if let Err(error) = kill_queries(&self.client, &running.ids()).await {
+                if let Err(error) = bounded(kill_queries(&self.client, &running.ids())).await {
                     tracing::warn!(flush = label, %error, "could not stop the abandoned flush's queries");
                 }
                 results.extend(
@@ -232,13 +246,13 @@ impl FlushTarget {
         &self,
         batch: &mut FlushBatch,
         results: &mut Vec<(i32, FlushResult)>,
-    ) -> Result<(), clickhouse::error::Error> {
+    ) -> Result<(), String> {
         let partitions: Vec<u32> = batch
             .partitions
             .iter()
             .map(|flush| flush.commit.kafka_partition)
             .collect();
-        let newest = topk_core::claims::newest_claims(&self.client, &partitions).await?;
+        let newest = bounded(topk_core::claims::newest_claims(&self.client, &partitions)).await?;
         let (ours, fenced): (Vec<PartitionFlush>, Vec<PartitionFlush>) =
             batch.partitions.drain(..).partition(|flush| {
                 newest.get(&flush.commit.kafka_partition) == Some(&flush.commit.claim_id)
@@ -269,19 +283,19 @@ impl FlushTarget {
         running: &RunningQueries,
         results: &mut Vec<(i32, FlushResult)>,
     ) -> Result<(), String> {
-        kill_queries(&self.client, &running.ids())
+        bounded(kill_queries(&self.client, &running.ids()))
             .await
             .map_err(|error| format!("stopping the failed inserts: {error}"))?;
         let mut retry = Vec::new();
         for mut flush in std::mem::take(&mut batch.partitions) {
             let old_claim = flush.commit.claim_id;
             let seq = flush.commit.flush_seq;
-            let renewed = renew_claim(
+            let renewed = bounded(renew_claim(
                 &self.client,
                 &self.owner,
                 flush.commit.kafka_partition,
                 old_claim,
-            )
+            ))
             .await;
             let claim = match renewed {
                 Ok(Some(claim)) => claim,

@@ -277,12 +277,13 @@ impl PartitionState {
             u64::try_from(flush_offset.max(0)).expect("non-negative"),
             (self.claim.claim_id, flush_seq),
         );
-        let mut minute_days: Vec<u16> = rows
+        // Days since 1970 of each row's minute (ClickHouse `Date` numbers), few distinct.
+        let minute_days: Vec<u16> = rows
             .iter()
-            .map(|row| topk_core::window::day_number(row.minute.date_naive()))
+            .map(|row| u16::try_from(row.minute.timestamp().div_euclid(86_400)).unwrap_or(0))
+            .collect::<std::collections::BTreeSet<u16>>()
+            .into_iter()
             .collect();
-        minute_days.sort_unstable();
-        minute_days.dedup();
         let commit = FlushCommitRow {
             consumer_group: consumer_group.to_owned(),
             topic: topic.to_owned(),

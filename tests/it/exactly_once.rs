@@ -178,7 +178,7 @@ async fn case2_a_commit_whose_response_is_lost_counts_once() {
 /// first, nor wait for other work on the table: here a mutation that never finishes (one
 /// that fails on every attempt, as a broken manual DELETE does) sits on `plays_minute` while
 /// a worker takes over from a crashed one. (Before, the takeover waited for every unfinished
-/// mutation of the table and never got through.)
+/// mutation of the table: 120 s per partition with leftover rows, blocking consumption.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case3_takeover_never_waits_for_other_mutations() {
     let pipeline = Pipeline::new("case3_stuck_mutation", 2).await;
@@ -311,6 +311,23 @@ async fn case5_a_replay_decides_every_record_as_the_first_read() {
         .set("linger.ms", "0")
         .create()
         .unwrap();
+    // The worker holds the partition before the plays are made, so that it reads them at once
+    // (a play 5 min 5 s ahead is then still too far ahead when first read).
+    let mut worker = pipeline.start_aggregator("first", &args(&member, &[]));
+    let client = pipeline.clickhouse.client();
+    eventually(
+        Duration::from_secs(60),
+        "the worker claimed the partition",
+        || async {
+            client
+                .query("SELECT count() FROM ingest_claims")
+                .fetch_one::<u64>()
+                .await
+                .unwrap_or(0)
+                > 0
+        },
+    )
+    .await;
     let now_ms = Utc::now().timestamp_millis();
     let oldest_day_start = topk_core::window::Window::last_week(Utc::now())
         .from
@@ -326,7 +343,6 @@ async fn case5_a_replay_decides_every_record_as_the_first_read() {
         play("inside", "s-inside", oldest_day_start + 60_000),
         play("outside", "s-outside", oldest_day_start - 60_000),
     ];
-    let mut worker = pipeline.start_aggregator("first", &args(&member, &[]));
     for payload in &first_pass {
         send(&pipeline, &producer, payload).await;
     }
@@ -352,6 +368,22 @@ async fn case5_a_replay_decides_every_record_as_the_first_read() {
     .into_iter()
     .collect();
     pipeline.assert_counts_equal(&expected, &worker).await;
+    // The first read rejected the play that was ahead (and the one too old), nothing else.
+    let mut reasons: Vec<(String, String)> = pipeline
+        .dead_letters(2, Duration::from_secs(30))
+        .into_iter()
+        .map(|letter| {
+            let payload = String::from_utf8_lossy(&letter.payload).into_owned();
+            (payload, letter.headers["topk-dlq-reason"].clone())
+        })
+        .collect();
+    reasons.sort();
+    let mut expected_reasons = vec![
+        (first_pass[1].clone(), "ts_in_future".to_owned()),
+        (first_pass[4].clone(), "ts_too_old".to_owned()),
+    ];
+    expected_reasons.sort();
+    assert_eq!(reasons, expected_reasons);
 }
 
 async fn send(pipeline: &Pipeline, producer: &FutureProducer, payload: &str) {

@@ -275,3 +275,140 @@ async fn migrations_twice_give_the_same_schema() {
     assert!(!columns_of("rollup_progress").is_empty());
     assert!(!columns_of("schema_migrations").is_empty());
 }
+
+/// A database migrated before schema 3 (minute rows tagged with flush offsets, checkpoints in
+/// `ingest_checkpoints`, daily top lists without snapshots) is upgraded in place: its rows
+/// count up to each partition's last checkpoint (rows of a flush that never checkpointed do
+/// not), the first claim of a partition resumes exactly at that checkpoint, and days rolled up
+/// before schema 4 are read from minute rows until rolled up again.
+#[tokio::test]
+async fn schema_2_databases_upgrade_in_place() {
+    let options = stack::fresh_database("schema_2_upgrade").await;
+    let client = options.client();
+    // Back to schema 2: drop what migrations 3 and 4 made, re-create the old tables.
+    client
+        .query("DROP DATABASE IF EXISTS `topk_test_schema_2_upgrade`")
+        .execute()
+        .await
+        .unwrap();
+    options
+        .server_client()
+        .query("CREATE DATABASE `topk_test_schema_2_upgrade`")
+        .execute()
+        .await
+        .unwrap();
+    for migration in &topk_core::migrate::MIGRATIONS[..2] {
+        for statement in topk_core::migrate::statements(migration.sql) {
+            client.query(&statement).execute().await.unwrap();
+        }
+    }
+    client
+        .query(
+            "CREATE TABLE schema_migrations (version UInt32, name String, checksum String, \
+             applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY version",
+        )
+        .execute()
+        .await
+        .unwrap();
+    for migration in &topk_core::migrate::MIGRATIONS[..2] {
+        client
+            .query("INSERT INTO schema_migrations VALUES (?, ?, ?, now())")
+            .bind(migration.version)
+            .bind(migration.name)
+            .bind(topk_core::migrate::checksum(migration.sql))
+            .execute()
+            .await
+            .unwrap();
+    }
+    // Schema-2 data: partition 0 checkpointed through offset 200 (rows of offsets 150 and
+    // 200 count, a crashed flush's row at 260 does not); partition 1 through 50.
+    client
+        .query(
+            "INSERT INTO plays_minute (user_id, song_id, minute, plays, topic, kafka_partition, \
+             flush_offset) VALUES ('u', 'a', '2026-11-20 10:00:00', 3, 'plays', 0, 150), \
+             ('u', 'a', '2026-11-20 10:00:00', 2, 'plays', 0, 200), \
+             ('u', 'b', '2026-11-20 10:01:00', 9, 'plays', 0, 260), \
+             ('v', 'c', '2026-11-20 11:00:00', 4, 'plays', 1, 50)",
+        )
+        .execute()
+        .await
+        .unwrap();
+    client
+        .query(
+            "INSERT INTO ingest_checkpoints VALUES \
+             ('plays', 0, 150, 120, 1000, 10, 1, 'topk-aggregator', 'old', now()), \
+             ('plays', 0, 200, 180, 2000, 10, 1, 'topk-aggregator', 'old', now()), \
+             ('plays', 1, 50, 40, 3000, 5, 1, 'topk-aggregator', 'old', now())",
+        )
+        .execute()
+        .await
+        .unwrap();
+    let report = topk_core::migrate::migrate(&options).await.unwrap();
+    assert_eq!(report.applied, vec![3, 4]);
+    assert_eq!(
+        topk_core::migrate::migrate(&options)
+            .await
+            .unwrap()
+            .already_applied,
+        vec![1, 2, 3, 4]
+    );
+
+    #[derive(clickhouse::Row, serde::Deserialize, Debug, PartialEq)]
+    struct Sum {
+        user_id: String,
+        song_id: String,
+        plays: u64,
+    }
+    let counted: Vec<Sum> = client
+        .query(
+            "SELECT user_id, song_id, sum(plays) AS plays FROM plays_minute_committed \
+             GROUP BY user_id, song_id ORDER BY user_id, song_id",
+        )
+        .fetch_all()
+        .await
+        .unwrap();
+    let sum = |user: &str, song: &str, plays| Sum {
+        user_id: user.to_owned(),
+        song_id: song.to_owned(),
+        plays,
+    };
+    assert_eq!(counted, vec![sum("u", "a", 5), sum("v", "c", 4)]);
+    let owner = topk_core::claims::ClaimOwner {
+        consumer_group: "topk-aggregator".to_owned(),
+        topic: "plays".to_owned(),
+        worker: "new".to_owned(),
+    };
+    let claim = topk_core::claims::claim_partition(&client, &owner, 0)
+        .await
+        .unwrap();
+    assert_eq!(
+        claim.resume,
+        topk_core::claims::ResumePoint {
+            counted_through: Some(200),
+            read_from: Some(180),
+            watermark_ms: 2000,
+        }
+    );
+    assert_eq!(claim.parent_max_seq, 200);
+    // Still the same rows count once the legacy claim is superseded.
+    let still: u64 = client
+        .query("SELECT sum(plays) FROM plays_minute_committed")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert_eq!(still, 9);
+    // Another consumer group against this database is refused.
+    let canary = topk_core::claims::ClaimOwner {
+        consumer_group: "canary".to_owned(),
+        ..owner
+    };
+    let refused = topk_core::claims::claim_partition(&client, &canary, 1)
+        .await
+        .unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("one database serves one aggregator group"),
+        "{refused}"
+    );
+}

@@ -206,8 +206,16 @@ async fn try_claim(
         .fetch_all()
         .await?;
     let newest = links.iter().map(|link| link.claim_id).max();
-    if expected_parent.is_some_and(|expected| newest != Some(expected)) {
-        return Ok(Attempt::NotNewest);
+    if let (Some(expected), Some(newest)) = (expected_parent, newest) {
+        if newest != expected {
+            // Our own renewal of `expected` that landed although we saw no answer (a
+            // timeout): adopt it rather than take it for another owner.
+            let row = read_claim(client, partition, newest).await?;
+            if row.parent_claim_id == expected && row.worker == owner.worker {
+                return Ok(Attempt::Claimed(claim_of(&row)));
+            }
+            return Ok(Attempt::NotNewest);
+        }
     }
     let parent = match newest {
         Some(newest) => Some(read_claim(client, partition, newest).await?),
@@ -281,14 +289,18 @@ async fn try_claim(
     if ours.claim_id != new_id || ours.worker != owner.worker {
         return Ok(Attempt::Raced);
     }
-    Ok(Attempt::Claimed(Claim {
-        claim_id: ours.claim_id,
-        kafka_partition: partition,
-        parent_claim_id: ours.parent_claim_id,
-        parent_max_seq: ours.parent_max_seq,
-        parent_released: ours.parent_released == 1,
-        resume: resume_point(ours),
-    }))
+    Ok(Attempt::Claimed(claim_of(ours)))
+}
+
+fn claim_of(row: &ClaimRow) -> Claim {
+    Claim {
+        claim_id: row.claim_id,
+        kafka_partition: row.kafka_partition,
+        parent_claim_id: row.parent_claim_id,
+        parent_max_seq: row.parent_max_seq,
+        parent_released: row.parent_released == 1,
+        resume: resume_point(row),
+    }
 }
 
 async fn read_claim(
