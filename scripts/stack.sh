@@ -350,7 +350,7 @@ main() {
     status) cmd_status ;;
     env) print_env ;;
     install) install_tools ;;
-    -h|--help|help|"") sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    -h|--help|help|"") sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
     *) die "unknown command $command (up, down, status, env, install)" ;;
   esac
 }

@@ -443,7 +443,7 @@ impl Poller {
                     }
                 }
                 PollerRequest::Seek { partition, offset } => {
-                    self.reposition(partition, Some(offset));
+                    self.reposition(partition, offset);
                 }
                 PollerRequest::Fenced { partition } => {
                     if self.assigned(partition) {

@@ -25,9 +25,26 @@ use crate::record::ConsumedRecord;
 /// their events are re-read by the next owner).
 pub type Unflushed = Vec<i32>;
 
-/// How often a gap is answered by reading the partition again from the missing offset
-/// before the partition is given up on.
-const GAP_SEEKS: u32 = 3;
+/// How often a gap is answered by reading the partition again before the partition is
+/// given up on: see [`gap_seek_target`].
+const GAP_SEEKS: u32 = 4;
+
+/// Where the `attempt`-th re-read after a gap at `expected` starts (`None`: the beginning
+/// of the partition). The first re-read starts at the missing offset itself, which closes a
+/// gap a fetch merely lost. A broker that answers a fetch from inside a record batch with
+/// the *next* batch (tansu does: ../shared/ENVIRONMENT.md) skips the same records again,
+/// so the later re-reads start further back, up to the beginning: from any offset at or
+/// before the batch's first record the batch is delivered whole, and the records before
+/// `expected` are skipped as already processed.
+fn gap_seek_target(expected: i64, attempt: u32) -> Option<i64> {
+    let back = match attempt {
+        0 | 1 => 0,
+        2 => 1_000,
+        3 => 100_000,
+        _ => return None,
+    };
+    Some((expected - back).max(0))
+}
 
 /// A partition handed to a shard: its claim, and the poller's positioning generation.
 #[derive(Debug, Clone)]
@@ -66,8 +83,9 @@ pub enum ShardCommand {
 pub enum PollerRequest {
     /// Offsets to commit to Kafka once committed in ClickHouse (advisory).
     Commit(Vec<(i32, i64)>),
-    /// Read the partition again from `offset` (records are missing before it).
-    Seek { partition: i32, offset: i64 },
+    /// Read the partition again from `offset` (the beginning for `None`): records are
+    /// missing before the offset the shard expects next.
+    Seek { partition: i32, offset: Option<i64> },
     /// A newer claim owns the partition: stop reading it; claim it again only if it is
     /// still assigned here once the group had time to move it.
     Fenced { partition: i32 },
@@ -250,16 +268,18 @@ impl Shard {
             return;
         };
         if *seeks <= GAP_SEEKS {
+            let from = gap_seek_target(expected, *seeks);
             tracing::warn!(
                 shard = self.id,
                 partition,
                 expected,
                 seeks = *seeks,
-                "records missing before this offset; reading the partition again from it"
+                ?from,
+                "records missing before this offset; reading the partition again"
             );
             self.request(PollerRequest::Seek {
                 partition,
-                offset: expected,
+                offset: from,
             });
             return;
         }
@@ -268,7 +288,7 @@ impl Shard {
             state.accept_gap_below_checkpoint();
             self.request(PollerRequest::Seek {
                 partition,
-                offset: expected,
+                offset: Some(expected),
             });
             return;
         }
@@ -517,4 +537,21 @@ pub fn by_shard<T>(items: Vec<(i32, T)>, shards: usize) -> HashMap<usize, Vec<(i
             .push((partition, item));
     }
     grouped
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn re_reads_after_a_gap_start_further_back_up_to_the_beginning() {
+        let targets: Vec<Option<i64>> = (1..=GAP_SEEKS)
+            .map(|attempt| gap_seek_target(908_682, attempt))
+            .collect();
+        assert_eq!(
+            targets,
+            vec![Some(908_682), Some(907_682), Some(808_682), None]
+        );
+        assert_eq!(gap_seek_target(500, 2), Some(0));
+    }
 }
