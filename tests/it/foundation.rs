@@ -256,6 +256,8 @@ async fn migrations_twice_give_the_same_schema() {
             "topic String",
             "kafka_partition UInt32",
             "flush_offset UInt64",
+            "claim_id UInt64",
+            "flush_seq UInt64",
         ],
     );
     expect(
@@ -269,10 +271,13 @@ async fn migrations_twice_give_the_same_schema() {
             "user_songs UInt64",
             "user_truncated UInt8",
             "user_cutoff_plays UInt64",
+            "snapshot_id UInt64",
         ],
     );
     assert!(!columns_of("ingest_checkpoints").is_empty());
     assert!(!columns_of("rollup_progress").is_empty());
+    assert!(!columns_of("ingest_claims").is_empty());
+    assert!(!columns_of("flush_commits").is_empty());
     assert!(!columns_of("schema_migrations").is_empty());
 }
 

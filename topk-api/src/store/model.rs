@@ -315,32 +315,21 @@ impl World {
                 add(song, *plays, truncated.then_some((number, cutoff)));
             }
         }
-        // plays_minute branch.
-        let minutes_from = truncated_days
-            .iter()
-            .map(|number| {
-                topk_core::window::day_start(topk_core::window::day_from_number(*number))
-                    .timestamp()
-            })
-            .chain([window_plan.minutes_from_secs])
-            .min()
-            .expect("a bound");
+        // The first query's minute rows, then the truncated days' query (only when a list
+        // was truncated).
         for row in self.counted(&plan.committed) {
-            if row.user != user
-                || self.pruned.contains(&row.day)
-                || topk_core::window::day_start(row.day).timestamp() < minutes_from
-                || row.day > today
-            {
+            if row.user != user || self.pruned.contains(&row.day) || row.day > today {
                 continue;
             }
             let number = day_number(row.day);
-            let read = !window_plan.top_list_days.contains(&number)
-                || truncated_days.contains(&number)
-                || (window_plan.late_days.contains(&number)
-                    && window_plan
-                        .late_heads
-                        .is_new(row.day, 0, row.claim, row.seq));
-            if read {
+            let late_row = window_plan
+                .late_heads
+                .is_new(row.day, 0, row.claim, row.seq);
+            let first = window_plan.first_query_reads(number, late_row);
+            let second = !truncated_days.is_empty()
+                && window_plan.truncated_query_reads(&truncated_days, number, late_row);
+            assert!(!(first && second), "a row read twice: {row:?}");
+            if first || second {
                 add(&row.song, row.plays, None);
             }
         }
