@@ -241,3 +241,30 @@ async fn rows_of_an_unfinished_flush_never_count_and_are_removed() {
     }
     assert_eq!(aggregator.terminate(Duration::from_secs(30)), Some(0));
 }
+
+/// A SIGTERM that arrives while a worker is still starting (connecting, checking the schema,
+/// joining the group) is a request to stop cleanly: exit code 0, not death by the signal's
+/// default action. The signal is sent once the worker has printed its first line (so the
+/// process is past `exec`), then again later into startup. (Before, the handler was installed
+/// only after startup: this failed with the process killed by the signal, the way a deploy
+/// that stops a worker in its first moments would see it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_startup_stops_cleanly() {
+    let pipeline = Pipeline::new("aggregator_early_sigterm", 1).await;
+    for delay_ms in [0, 0, 0, 20, 50, 100] {
+        let mut aggregator = pipeline.start_aggregator(&format!("early-{delay_ms}"), &[]);
+        let started = std::time::Instant::now();
+        // Log files are appended to across runs: wait for a line naming this run's topic.
+        while !aggregator.log_tail(3).contains(&pipeline.topic) {
+            assert!(started.elapsed() < Duration::from_secs(10), "no output");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+        assert_eq!(
+            aggregator.terminate(Duration::from_secs(30)),
+            Some(0),
+            "SIGTERM {delay_ms} ms after the first line: {}",
+            aggregator.log_tail(20)
+        );
+    }
+}

@@ -171,7 +171,12 @@ async fn case2_a_commit_whose_response_is_lost_counts_once() {
     }
     pipeline.wait_until_drained(Duration::from_secs(180)).await;
     pipeline.assert_counts_equal(&expected, &worker).await;
-    assert_eq!(worker.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(
+        worker.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{}",
+        worker.log_tail(30)
+    );
 }
 
 /// Case 3: taking over a partition after a crash must not depend on counting leftover rows

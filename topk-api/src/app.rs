@@ -121,31 +121,11 @@ pub async fn serve(
         .await
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let interrupt = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(error) => {
-                tracing::error!(%error, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = interrupt => {}
-        () = terminate => {}
+/// Installs the Ctrl-C and SIGTERM handlers now; completes on the first signal.
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
+    let signal = topk_core::shutdown::on_signal();
+    async move {
+        signal.await;
+        tracing::info!("shutdown signal received, finishing requests in flight");
     }
-    tracing::info!("shutdown signal received, finishing requests in flight");
 }

@@ -5,6 +5,8 @@ use topk_api::AppState;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     topk_core::telemetry::init();
+    // Handlers first: a SIGTERM during startup still means "stop cleanly".
+    let shutdown = topk_api::shutdown_signal();
     let config: ApiConfig = topk_core::config::load();
     let state = AppState::from_config(&config).context("invalid auth configuration")?;
     let listener = tokio::net::TcpListener::bind(&config.listen)
@@ -19,7 +21,7 @@ async fn main() -> anyhow::Result<()> {
         query_timeout_ms = config.query_timeout_ms,
         "api listening"
     );
-    topk_api::serve(listener, state, topk_api::shutdown_signal())
+    topk_api::serve(listener, state, shutdown)
         .await
         .context("serving http")?;
     tracing::info!("api stopped");

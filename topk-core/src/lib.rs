@@ -11,6 +11,7 @@
 //! - [`db`]: ClickHouse connection options and client construction.
 //! - [`migrate`]: the versioned SQL migrations in `sql/` and the runner that applies them.
 //! - [`config`]: layered configuration (file, then env, then flags).
+//! - [`shutdown`]: graceful stop on SIGTERM/SIGINT, handlers installed at startup.
 //! - [`telemetry`]: tracing and Prometheus metrics setup shared by every binary.
 
 pub mod claims;
@@ -21,6 +22,7 @@ pub mod dedup;
 pub mod event;
 pub mod migrate;
 pub mod schema;
+pub mod shutdown;
 pub mod snapshots;
 pub mod telemetry;
 pub mod window;
