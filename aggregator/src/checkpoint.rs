@@ -53,9 +53,11 @@
 //!   its own Kafka timestamp (`Window::for_record`), not at the moment it is read, so the
 //!   re-read after a crash decides each record — valid, too old, too far in the future —
 //!   exactly as the first read did, and rebuilds the same duplicate filter (its replay
-//!   point and watermark come with the commit; see `topk_core::dedup`). An offset gap
-//!   stops the partition and re-reads it from the missing offset; a gap that persists past
-//!   the checkpoint fails the partition loudly instead of being counted past.
+//!   point and watermark come with the commit; see `topk_core::dedup`). An offset gap is
+//!   never counted past: the partition is read again from the missing offset, then from
+//!   further back (a broker that answers a fetch inside a record batch with the next batch
+//!   skips the same records again; see `shard::gap_seek_target`), and a gap that persists
+//!   after that fails the partition loudly (`/healthz`).
 //! - **Case 6, late data**: each commit lists the days its rows fall on; the rollup records
 //!   exactly which commits it read, so any later commit touching a day is seen, whatever
 //!   the totals.

@@ -25,7 +25,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratedMessage, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
-use topk_tests::process::ChildProcess;
+use topk_tests::process::{free_port, http_get, ChildProcess};
 use topk_tests::proxy::{Action, FaultProxy, Rule};
 use topk_tests::stack;
 
@@ -49,11 +49,7 @@ struct Worker {
 
 impl Worker {
     async fn new(id: &str) -> Self {
-        let metrics_port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let metrics_port = free_port();
         Self {
             id: id.to_owned(),
             proxy: FaultProxy::start(&stack::clickhouse_url()).await,
@@ -107,23 +103,6 @@ impl Worker {
         body.lines()
             .find_map(|line| line.strip_prefix(name)?.trim().parse().ok())
     }
-}
-
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_owned();
-    Some((status, body))
 }
 
 /// Waits until every produced offset is committed. When nothing moves for `stall_after`,
@@ -258,7 +237,7 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
         let reference = workers[0].process.take().expect("running");
         pipeline.assert_counts_equal(&expected, &reference).await;
         workers[0].process = Some(reference);
-        assert_api_answers(&pipeline, &expected).await;
+        topk_tests::api::assert_api_equals_brute_force(&pipeline.clickhouse, &expected).await;
         println!(
             "round {round:2}: {fault:?} on worker {target} -> exact after {:.1} s{}",
             started.elapsed().as_secs_f64(),
@@ -272,49 +251,6 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
     println!("chaos: {rounds} rounds exact; {stall_restarts} group stalls recovered by restarting the workers");
     for worker in &mut workers {
         worker.kill();
-    }
-}
-
-/// The API's answer for every user equals a brute-force top 10, `exact`.
-async fn assert_api_answers(pipeline: &Pipeline, expected: &topk_loadgen::generate::MinuteCounts) {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-    let config = topk_api::config::ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
-    let app = topk_api::app(topk_api::AppState::from_config(&config).expect("api state"));
-    let window = topk_core::window::Window::last_week(Utc::now());
-    let users: std::collections::BTreeSet<&str> =
-        expected.keys().map(|(user, _, _)| user.as_str()).collect();
-    for user in users {
-        let truth = topk_loadgen::oracle::top_songs(
-            expected,
-            user,
-            window.from.timestamp_millis(),
-            window.to.timestamp_millis(),
-            10,
-        );
-        let request = Request::get(format!("/v1/users/{user}/top-songs"))
-            .body(Body::empty())
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let shown: Vec<(String, u64)> = body["songs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|song| {
-                (
-                    song["song_id"].as_str().unwrap().to_owned(),
-                    song["plays"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        assert_eq!(shown, truth, "user {user}");
-        assert_eq!(body["exact"], true, "user {user}");
     }
 }
 

@@ -13,6 +13,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use topk_core::schema::MinuteRow;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec, MinuteCounts};
 use topk_tests::pipeline::Pipeline;
+use topk_tests::process::{free_port, http_get};
 use topk_tests::proxy::{Action, FaultProxy, Rule};
 use topk_tests::stack;
 
@@ -296,7 +297,7 @@ async fn case4_readers_never_see_uncommitted_flushes() {
     let expected = expected_minute_counts(&messages);
     pipeline.assert_counts_equal(&expected, &worker).await;
     assert_same_top(&daily_top_of(&pipeline, day).await, &top_50(&expected, day));
-    assert_api_equals_brute_force(&pipeline, &expected).await;
+    topk_tests::api::assert_api_equals_brute_force(&pipeline.clickhouse, &expected).await;
 }
 
 /// Case 5: a replay after a crash decides every record as the first read did. A play 5 min 5 s
@@ -520,82 +521,6 @@ fn top_50(counts: &MinuteCounts, day: chrono::NaiveDate) -> Vec<TopRow> {
         }
     }
     rows
-}
-
-/// The API's answer for every user equals a brute-force top 10 over `expected`, `exact`.
-pub async fn assert_api_equals_brute_force(pipeline: &Pipeline, expected: &MinuteCounts) {
-    use axum::body::Body;
-    use axum::http::Request;
-    use tower::ServiceExt;
-    let config = topk_api::config::ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
-    let app = topk_api::app(topk_api::AppState::from_config(&config).expect("api state"));
-    let window = topk_core::window::Window::last_week(Utc::now());
-    let mut per_user: std::collections::BTreeMap<&str, std::collections::BTreeMap<&str, u64>> =
-        Default::default();
-    for ((user, song, minute), plays) in expected {
-        if *minute >= window.from.timestamp() && *minute <= window.to.timestamp() {
-            *per_user.entry(user).or_default().entry(song).or_default() += plays;
-        }
-    }
-    for (user, songs) in per_user {
-        let mut ranked: Vec<(&str, u64)> = songs.into_iter().collect();
-        ranked.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
-        ranked.truncate(10);
-        let path: String = user.bytes().map(|byte| format!("%{byte:02X}")).collect();
-        let request = Request::get(format!("/v1/users/{path}/top-songs"))
-            .body(Body::empty())
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
-        let shown: Vec<(String, u64)> = body["songs"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|song| {
-                (
-                    song["song_id"].as_str().unwrap().to_owned(),
-                    song["plays"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        let truth: Vec<(String, u64)> = ranked
-            .into_iter()
-            .map(|(song, plays)| (song.to_owned(), plays))
-            .collect();
-        assert_eq!(shown, truth, "user {user}");
-        assert_eq!(body["exact"], true, "user {user}");
-    }
-}
-
-/// A free loopback port for a process's metrics endpoint.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `GET path` on 127.0.0.1:`port`: (status, body), or None while nothing answers.
-async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_owned();
-    Some((status, body))
 }
 
 /// Case 8: a worker that holds no partition while a partition has records nobody consumes

@@ -4,8 +4,6 @@
 
 use std::time::Duration;
 
-use axum::body::Body;
-use axum::http::Request;
 use chrono::Utc;
 use clickhouse::Row;
 use serde::Deserialize;
@@ -15,7 +13,6 @@ use topk_rollup::restore::{restore, RestoreRequest};
 use topk_rollup::RollupJob;
 use topk_tests::pipeline::Pipeline;
 use topk_tests::stack;
-use tower::ServiceExt;
 
 #[derive(Debug, PartialEq, Row, Deserialize)]
 struct DailyRow {
@@ -45,19 +42,10 @@ async fn daily_top(pipeline: &Pipeline) -> Vec<DailyRow> {
 
 /// The API's answers (songs and `exact`) for the heaviest users.
 async fn api_answers(pipeline: &Pipeline) -> Vec<serde_json::Value> {
-    let config = topk_api::config::ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
-    let app = topk_api::app(topk_api::AppState::from_config(&config).expect("api state"));
+    let app = topk_tests::api::app(&pipeline.clickhouse);
     let mut answers = Vec::new();
     for user in 1..=25 {
-        let request = Request::get(format!("/v1/users/user-{user}/top-songs?limit=10"))
-            .body(Body::empty())
-            .unwrap();
-        let response = app.clone().oneshot(request).await.unwrap();
-        assert!(response.status().is_success(), "{}", response.status());
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let body = topk_tests::api::top_songs_body(&app, &format!("user-{user}")).await;
         answers.push(serde_json::json!({"songs": body["songs"], "exact": body["exact"]}));
     }
     answers

@@ -5,6 +5,7 @@
 //! default loopback ports. Every test gets its own ClickHouse database and Kafka topics,
 //! named after the test, so tests can run in parallel against one stack.
 
+pub mod api;
 pub mod committed;
 pub mod pipeline;
 pub mod process;

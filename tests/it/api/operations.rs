@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use topk_core::schema::MinuteRow;
 use topk_tests::process::ChildProcess;
@@ -234,22 +233,9 @@ async fn request_ids_and_openapi() {
 
 /// One HTTP/1.1 request over a real socket; returns the status and the body.
 async fn http_get(port: u16, path: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.unwrap();
-    let text = String::from_utf8_lossy(&response).into_owned();
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, body)| body)
-        .to_owned();
-    (status, body)
+    topk_tests::process::http_get(port, path)
+        .await
+        .unwrap_or_else(|| panic!("no answer on port {port} for {path}"))
 }
 
 /// A real socket, the real clock, and graceful shutdown: a request in flight when shutdown
