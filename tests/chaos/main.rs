@@ -12,11 +12,20 @@
 //!   (tansu 0.6.0), scripted: the workers report it, and restarting them recovers it.
 //!
 //! What the test broker cannot take is said where it matters: tansu never evicts a member
-//! killed with SIGKILL (so workers use static membership, as a StatefulSet would), and a
-//! static member paused past its session timeout can stall the whole group (both members
-//! revoked, none assigned again: ../shared/ENVIRONMENT.md). Apache Kafka evicts such members
-//! after `session.timeout.ms`. When a round stalls the group, the test does what an
-//! orchestrator does on the workers' failing `/healthz`: it restarts them, and counts it.
+//! killed with SIGKILL (so workers use static membership, as a StatefulSet would), and when the
+//! group's *leader* is expired after its session timeout (a pause past it), tansu 0.6.0 keeps
+//! it as leader of the next generation although it is no longer a member: every SyncGroup then
+//! answers "rebalance in progress", and the group stalls for good (every member revoked, none
+//! assigned; the broker's `coordinator/group/administrator.rs`, Formed `missed_heartbeat` never
+//! clears the leader). Restarting the workers does not clear it (it recovered in some runs
+//! here when the broker reloaded the group after two requests overlapped); restarting the
+//! broker does. Apache Kafka evicts such members after `session.timeout.ms` and elects a new
+//! leader. So the chaos rounds give their workers a session timeout (30 s) longer than their
+//! pauses (15 s): a pause freezes a worker mid-flight, with its requests in flight, but does
+//! not move its partitions. A write of a worker whose partitions moved is exactly_once case 1
+//! (`tests/it/exactly_once.rs`); the stall itself is [`a_stalled_group_is_reported_and_recovers`].
+//! If a round still stalls, the test does what an orchestrator does on the workers' failing
+//! `/healthz`: it restarts them, and counts it.
 
 use std::time::{Duration, Instant};
 
@@ -45,10 +54,12 @@ struct Worker {
     metrics_port: u16,
     process: Option<ChildProcess>,
     starts: usize,
+    /// Longer than any pause of the rounds (see the module documentation).
+    session_timeout_ms: u64,
 }
 
 impl Worker {
-    async fn new(id: &str) -> Self {
+    async fn new(id: &str, session_timeout_ms: u64) -> Self {
         let metrics_port = free_port();
         Self {
             id: id.to_owned(),
@@ -56,12 +67,16 @@ impl Worker {
             metrics_port,
             process: None,
             starts: 0,
+            session_timeout_ms,
         }
     }
 
     fn start(&mut self, pipeline: &Pipeline) {
         self.starts += 1;
-        let member = format!("group.instance.id={}", self.id);
+        let member = format!(
+            "group.instance.id={},session.timeout.ms={}",
+            self.id, self.session_timeout_ms
+        );
         let listen = format!("127.0.0.1:{}", self.metrics_port);
         self.process = Some(pipeline.start_aggregator_to(
             &self.proxy.url(),
@@ -176,7 +191,10 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
     spec.late_share = 0.05;
     let messages = generate(&spec);
     let slices: Vec<&[GeneratedMessage]> = messages.chunks(3_000).collect();
-    let mut workers = vec![Worker::new("chaos-1").await, Worker::new("chaos-2").await];
+    let mut workers = vec![
+        Worker::new("chaos-1", 30_000).await,
+        Worker::new("chaos-2", 30_000).await,
+    ];
     for worker in &mut workers {
         worker.start(&pipeline);
     }
@@ -199,7 +217,7 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
                 workers[target].start(&pipeline);
             }
             Fault::Pause => {
-                // Past the 10 s session timeout: a fault tansu may answer with a group stall.
+                // Within the chaos workers' 30 s session timeout (see the module docs).
                 workers[target].process().signal("STOP");
                 tokio::time::sleep(Duration::from_secs(15)).await;
                 workers[target].process().signal("CONT");
@@ -260,7 +278,9 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
 /// runs (every member revoked, none assigned again). It is tried up to four times; when it
 /// stalls, every worker must report it (`/healthz` 503 naming the partitions,
 /// `topk_aggregator_unconsumed_partitions` > 0), and restarting the workers must recover it
-/// with exact counts. The output says how often the stall happened.
+/// with exact counts (up to 5 restarts: a worker restart does not reliably clear the broker's
+/// dangling leader, see the module documentation; it did in the runs here). The output says
+/// how often the stall happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: up to 4 attempts of about a minute each; run with --ignored"]
 async fn a_stalled_group_is_reported_and_recovers() {
@@ -274,7 +294,11 @@ async fn a_stalled_group_is_reported_and_recovers() {
         spec.duplicate_share = 0.01;
         let messages = generate(&spec);
         let expected = expected_minute_counts(&messages);
-        let mut workers = vec![Worker::new("stall-1").await, Worker::new("stall-2").await];
+        // The aggregator's default session timeout (10 s), shorter than the pause.
+        let mut workers = vec![
+            Worker::new("stall-1", 10_000).await,
+            Worker::new("stall-2", 10_000).await,
+        ];
         for worker in &mut workers {
             worker.start(&pipeline);
         }
