@@ -364,7 +364,6 @@ zookeeper_serving() {
 
 up_zookeeper() {
   if ! running_pid cluster/zookeeper >/dev/null; then
-    port_free "$CLUSTER_ZK_PORT" TOPK_STACK_CLUSTER_ZK_PORT
     zookeeper_config
     say "starting zookeeper on 127.0.0.1:$CLUSTER_ZK_PORT"
     # zkServer.sh of the Debian package fails (empty pid dir): run the main class directly.
@@ -424,16 +423,33 @@ cluster_node_has_zookeeper() {
   cluster_query "$1" "SELECT count() FROM system.zookeeper WHERE path = '/'" | grep -qx '[0-9][0-9]*'
 }
 
-up_cluster() {
-  # A ClickHouse server started before ZooKeeper answers never gets a ZooKeeper client (no
-  # system.zookeeper, no ON CLUSTER) until it is restarted: ZooKeeper first, always.
-  up_zookeeper
+# Every port a process still to be started needs, checked before anything starts.
+cluster_ports_free() {
   local node
+  if ! running_pid cluster/zookeeper >/dev/null; then
+    port_free "$CLUSTER_ZK_PORT" TOPK_STACK_CLUSTER_ZK_PORT
+  fi
   for node in "${CLUSTER_NODES[@]}"; do
     running_pid "cluster/ch$node" >/dev/null && continue
     port_free "$(cluster_http_port "$node")" TOPK_STACK_CLUSTER_HTTP_PORT_BASE
     port_free "$(cluster_tcp_port "$node")" TOPK_STACK_CLUSTER_TCP_PORT_BASE
     port_free "$(cluster_interserver_port "$node")" TOPK_STACK_CLUSTER_INTERSERVER_PORT_BASE
+  done
+}
+
+up_cluster() {
+  # A ClickHouse server started before ZooKeeper answers never gets a ZooKeeper client (no
+  # system.zookeeper, no ON CLUSTER) until it is restarted, and one that outlived its ZooKeeper
+  # fails its next ON CLUSTER statement (expired session): ZooKeeper first, then the servers.
+  if ! running_pid cluster/zookeeper >/dev/null && cluster_nodes_running; then
+    say "zookeeper is not running: restarting the cluster's clickhouse servers after it"
+    stop_cluster_nodes
+  fi
+  cluster_ports_free
+  up_zookeeper
+  local node
+  for node in "${CLUSTER_NODES[@]}"; do
+    running_pid "cluster/ch$node" >/dev/null && continue
     cluster_node_config "$node"
     say "starting clickhouse cluster node ch$node (shard $(cluster_shard "$node")) on 127.0.0.1:$(cluster_http_port "$node")"
     start_process "cluster/ch$node" "$STACK_DIR/cluster/ch$node" \
@@ -453,14 +469,27 @@ up_cluster() {
   done
 }
 
-# ClickHouse servers first (in parallel: each takes a few seconds to shut down), ZooKeeper last.
-down_cluster() {
+cluster_nodes_running() {
+  local node
+  for node in "${CLUSTER_NODES[@]}"; do
+    running_pid "cluster/ch$node" >/dev/null && return 0
+  done
+  return 1
+}
+
+# In parallel: each takes a few seconds to shut down.
+stop_cluster_nodes() {
   local node pids=()
   for node in "${CLUSTER_NODES[@]}"; do
     stop_process "cluster/ch$node" &
     pids+=($!)
   done
   wait "${pids[@]}"
+}
+
+# ClickHouse servers first, ZooKeeper last.
+down_cluster() {
+  stop_cluster_nodes
   stop_process cluster/zookeeper
 }
 
