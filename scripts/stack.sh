@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # The local stack on loopback: ClickHouse 18.16 (Debian package), the Kafka-API broker tansu
-# 0.6.0 and the S3 store Garage 2.5.0 (both built from crates.io).
+# 0.6.0 and the S3 store Garage 2.5.0 (both built from crates.io); on request also a ClickHouse
+# cluster (ZooKeeper 3.8 from Debian and four ClickHouse 18.16 servers).
 #
-#   scripts/stack.sh up [SERVICE...]     install what is missing, start, wait until ready
-#   scripts/stack.sh down [SERVICE...]   stop what this script started (pid files)
-#   scripts/stack.sh status              one line per service
-#   scripts/stack.sh env                 endpoints and credentials as shell exports
-#   scripts/stack.sh install             only install/build the tools
+#   scripts/stack.sh up [SERVICE...]       install what is missing, start, wait until ready
+#   scripts/stack.sh down [SERVICE...]     stop what this script started (pid files)
+#   scripts/stack.sh status [SERVICE...]   one line per process
+#   scripts/stack.sh env [SERVICE...]      endpoints and credentials as shell exports
+#   scripts/stack.sh install [SERVICE...]  only install/build the tools
 #
-# SERVICE is clickhouse, kafka or s3 (default: all three).
+# SERVICE is clickhouse, kafka, s3 or cluster; the default is clickhouse, kafka and s3 (the
+# cluster runs only when named; `status` without SERVICE lists it while any of it runs).
+# cluster: cluster `topk` of 2 shards x 2 replicas (nodes ch1..ch4, HTTP on 18201..18204,
+# native on 19201..19204, macros shard=01|02, replica=ch1..ch4) and ZooKeeper on 12181; its
+# exports (`env cluster`, also written to <stack dir>/cluster/env) are TOPK_CLUSTER_*.
 # Settings (env): TOPK_STACK_DIR (data, logs, pid files; default <repo>/.stack),
 # TOPK_CACHE_DIR (built tools; default ~/.cache/topk), TOPK_KAFKA_STORAGE (memory|sqlite;
-# default memory, sqlite survives broker restarts), TOPK_STACK_*_PORT to move ports.
+# default memory, sqlite survives broker restarts), TOPK_STACK_*_PORT to move ports;
+# cluster: TOPK_STACK_CLUSTER_ZK_PORT, TOPK_STACK_CLUSTER_{HTTP,TCP,INTERSERVER}_PORT_BASE
+# (node N listens on base + N; defaults 18200, 19200, 19300).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -28,6 +35,10 @@ S3_PORT=${TOPK_STACK_S3_PORT:-13900}
 GARAGE_RPC_PORT=${TOPK_STACK_GARAGE_RPC_PORT:-13901}
 GARAGE_ADMIN_PORT=${TOPK_STACK_GARAGE_ADMIN_PORT:-13903}
 S3_BUCKET=${TOPK_STACK_S3_BUCKET:-topk-archive}
+CLUSTER_ZK_PORT=${TOPK_STACK_CLUSTER_ZK_PORT:-12181}
+CLUSTER_HTTP_PORT_BASE=${TOPK_STACK_CLUSTER_HTTP_PORT_BASE:-18200}
+CLUSTER_TCP_PORT_BASE=${TOPK_STACK_CLUSTER_TCP_PORT_BASE:-19200}
+CLUSTER_INTERSERVER_PORT_BASE=${TOPK_STACK_CLUSTER_INTERSERVER_PORT_BASE:-19300}
 
 TANSU_VERSION=0.6.0
 GARAGE_VERSION=2.5.0
@@ -35,6 +46,12 @@ TANSU_BIN=$TOOLS_DIR/tansu-$TANSU_VERSION/bin/tansu
 GARAGE_BIN=$TOOLS_DIR/garage-$GARAGE_VERSION/bin/garage
 
 SERVICES=(clickhouse kafka s3)
+CLUSTER_NAME=topk
+CLUSTER_NODES=(1 2 3 4)
+ZOOKEEPER_CLASSPATH=/etc/zookeeper/conf:/usr/share/java/zookeeper.jar
+# The package's jar has no logging backend on its class path (slf4j-api only); these two come
+# with libzookeeper-java and send the log to the console, so to the process log.
+ZOOKEEPER_CLASSPATH=$ZOOKEEPER_CLASSPATH:/usr/share/java/slf4j-log4j12.jar:/usr/share/java/log4j-1.2.jar
 
 say() { echo "stack: $*" >&2; }
 die() { echo "stack: error: $*" >&2; exit 1; }
@@ -51,11 +68,22 @@ install_clickhouse() {
   fi
 }
 
+install_zookeeper() {
+  [ -f /usr/share/java/zookeeper.jar ] && command -v java >/dev/null && return
+  say "installing zookeeper from Debian (apt-get)"
+  local log=$CACHE_DIR/logs/apt-zookeeper.log
+  mkdir -p "$(dirname "$log")"
+  if ! { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y zookeeper; } >"$log" 2>&1; then
+    die "installing ZooKeeper failed; read $log"
+  fi
+}
+
 # cargo_install NAME VERSION FEATURES BIN: builds once into the cache, under a lock so two
 # concurrent `up`s do not build twice.
 cargo_install() {
   local name=$1 version=$2 features=$3 bin=$4
   [ -x "$bin" ] && return
+  command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
   mkdir -p "$CACHE_DIR/logs"
   local log=$CACHE_DIR/logs/build-$name-$version.log
   exec 9>"$CACHE_DIR/build-$name.lock"
@@ -82,8 +110,9 @@ install_tools() {
 
 # ---------------------------------------------------------------- processes
 
-pid_file() { echo "$STACK_DIR/$1/$1.pid"; }
-log_file() { echo "$STACK_DIR/$1/$1.log"; }
+# A process is named by its folder under STACK_DIR: clickhouse, kafka, s3, cluster/ch1, ...
+pid_file() { echo "$STACK_DIR/$1/${1##*/}.pid"; }
+log_file() { echo "$STACK_DIR/$1/${1##*/}.log"; }
 
 running_pid() {
   local file
@@ -144,18 +173,24 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # ---------------------------------------------------------------- clickhouse
 
+# clickhouse_config_xml DIR HTTP_PORT TCP_PORT INTERSERVER_PORT: prints a copy of the package's
+# config with data and logs under DIR and our own ports, IPv4 loopback only.
+clickhouse_config_xml() {
+  local dir=$1 http_port=$2 tcp_port=$3 interserver_port=$4
+  sed -e "s#/var/lib/clickhouse/#$dir/data/#g" \
+      -e "s#/var/log/clickhouse-server/#$dir/logs/#g" \
+      -e "s#<http_port>8123</http_port>#<http_port>$http_port</http_port>#" \
+      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$tcp_port</tcp_port>#" \
+      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$interserver_port</interserver_http_port>#" \
+      -e "s#<listen_host>::1</listen_host>##" \
+      -e "s#<timezone>.*</timezone>##" \
+      /etc/clickhouse-server/config.xml
+}
+
 clickhouse_config() {
   local dir=$STACK_DIR/clickhouse
   mkdir -p "$dir/data" "$dir/logs" "$dir/config"
-  # A copy of the package's config with our own paths and ports, IPv4 loopback only.
-  sed -e "s#/var/lib/clickhouse/#$dir/data/#g" \
-      -e "s#/var/log/clickhouse-server/#$dir/logs/#g" \
-      -e "s#<http_port>8123</http_port>#<http_port>$CH_HTTP_PORT</http_port>#" \
-      -e "s#<tcp_port>9000</tcp_port>#<tcp_port>$CH_TCP_PORT</tcp_port>#" \
-      -e "s#<interserver_http_port>9009</interserver_http_port>#<interserver_http_port>$CH_INTERSERVER_PORT</interserver_http_port>#" \
-      -e "s#<listen_host>::1</listen_host>##" \
-      -e "s#<timezone>.*</timezone>##" \
-      /etc/clickhouse-server/config.xml >"$dir/config/config.xml"
+  clickhouse_config_xml "$dir" "$CH_HTTP_PORT" "$CH_TCP_PORT" "$CH_INTERSERVER_PORT" >"$dir/config/config.xml"
   cp /etc/clickhouse-server/users.xml "$dir/config/users.xml"
 }
 
@@ -271,6 +306,193 @@ up_s3() {
 # The bucket answers once the layout is live (a few seconds after the first apply).
 s3_bucket_ready() { garage bucket info "$S3_BUCKET"; }
 
+# ---------------------------------------------------------------- cluster (zookeeper + 4 clickhouse)
+
+cluster_http_port() { echo $((CLUSTER_HTTP_PORT_BASE + $1)); }
+cluster_tcp_port() { echo $((CLUSTER_TCP_PORT_BASE + $1)); }
+cluster_interserver_port() { echo $((CLUSTER_INTERSERVER_PORT_BASE + $1)); }
+# Nodes 1 and 2 hold shard 01, nodes 3 and 4 shard 02.
+cluster_shard() { printf '%02d' $((($1 + 1) / 2)); }
+
+cluster_processes() {
+  local node
+  echo cluster/zookeeper
+  for node in "${CLUSTER_NODES[@]}"; do echo "cluster/ch$node"; done
+}
+
+# port_free PORT SETTING: dies when another process listens on PORT.
+port_free() {
+  if port_open "$1"; then
+    die "port $1 is taken by another process (set $2)"
+  fi
+}
+
+# retry SECONDS CHECK...: polls CHECK until it succeeds (0) or SECONDS pass (1).
+retry() {
+  local deadline=$((SECONDS + $1))
+  shift
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -ge $deadline ] && return 1
+    sleep 0.3
+  done
+}
+
+zookeeper_config() {
+  local dir=$STACK_DIR/cluster/zookeeper
+  mkdir -p "$dir/data"
+  # srvr answers "Mode: standalone" only once the server serves requests (ruok answers earlier).
+  cat >"$dir/zoo.cfg" <<CFG
+tickTime=2000
+dataDir=$dir/data
+clientPortAddress=127.0.0.1
+clientPort=$CLUSTER_ZK_PORT
+admin.enableServer=false
+4lw.commands.whitelist=ruok,srvr
+autopurge.snapRetainCount=3
+autopurge.purgeInterval=1
+CFG
+}
+
+zookeeper_serving() {
+  local reply
+  reply=$({ exec 3<>"/dev/tcp/127.0.0.1/$CLUSTER_ZK_PORT" && printf srvr >&3 && timeout 2 cat <&3; } 2>/dev/null) || return 1
+  case "$reply" in
+    *"Mode: "*) return 0 ;;
+    *) return 1 ;;
+  esac
+}
+
+up_zookeeper() {
+  if ! running_pid cluster/zookeeper >/dev/null; then
+    zookeeper_config
+    say "starting zookeeper on 127.0.0.1:$CLUSTER_ZK_PORT"
+    # zkServer.sh of the Debian package fails (empty pid dir): run the main class directly.
+    start_process cluster/zookeeper "$STACK_DIR/cluster/zookeeper" \
+      java -Xmx256m -Dzookeeper.root.logger=INFO,CONSOLE -cp "$ZOOKEEPER_CLASSPATH" \
+      org.apache.zookeeper.server.quorum.QuorumPeerMain "$STACK_DIR/cluster/zookeeper/zoo.cfg"
+  fi
+  wait_for cluster/zookeeper 60 zookeeper_serving
+}
+
+# The substitutions the package's config.xml refers to with incl=: the cluster, ZooKeeper and
+# this node's macros.
+cluster_include_xml() {
+  local node=$1 shard first replica
+  echo "<yandex>"
+  echo "    <clickhouse_remote_servers>"
+  echo "        <$CLUSTER_NAME>"
+  for first in 1 3; do
+    echo "            <shard>"
+    echo "                <internal_replication>true</internal_replication>"
+    for replica in "$first" $((first + 1)); do
+      echo "                <replica><host>127.0.0.1</host><port>$(cluster_tcp_port "$replica")</port></replica>"
+    done
+    echo "            </shard>"
+  done
+  echo "        </$CLUSTER_NAME>"
+  echo "    </clickhouse_remote_servers>"
+  echo "    <zookeeper-servers>"
+  echo "        <node><host>127.0.0.1</host><port>$CLUSTER_ZK_PORT</port></node>"
+  echo "    </zookeeper-servers>"
+  shard=$(cluster_shard "$node")
+  echo "    <macros><shard>$shard</shard><replica>ch$node</replica></macros>"
+  echo "</yandex>"
+}
+
+cluster_node_config() {
+  local node=$1 dir=$STACK_DIR/cluster/ch$1
+  mkdir -p "$dir/data" "$dir/logs" "$dir/config"
+  cluster_include_xml "$node" >"$dir/config/cluster.xml"
+  # Replicas fetch parts from the address a node advertises (default: its host name, which need
+  # not resolve to loopback), so advertise 127.0.0.1.
+  clickhouse_config_xml "$dir" "$(cluster_http_port "$node")" "$(cluster_tcp_port "$node")" \
+      "$(cluster_interserver_port "$node")" |
+    sed -e "s#^<yandex>\$#<yandex>\\n    <include_from>$dir/config/cluster.xml</include_from>\\n    <listen_host>127.0.0.1</listen_host>\\n    <interserver_http_host>127.0.0.1</interserver_http_host>#" \
+      >"$dir/config/config.xml"
+  cp /etc/clickhouse-server/users.xml "$dir/config/users.xml"
+}
+
+# cluster_query NODE SQL: runs SQL over HTTP on NODE, prints the answer.
+cluster_query() {
+  curl -fsS "http://127.0.0.1:$(cluster_http_port "$1")/" --data-binary "$2"
+}
+
+cluster_node_ready() { [ "$(cluster_query "$1" 'SELECT 1' 2>/dev/null)" = "1" ]; }
+
+cluster_node_has_zookeeper() {
+  cluster_query "$1" "SELECT count() FROM system.zookeeper WHERE path = '/'" | grep -qx '[0-9][0-9]*'
+}
+
+# Every port a process still to be started needs, checked before anything starts.
+cluster_ports_free() {
+  local node
+  if ! running_pid cluster/zookeeper >/dev/null; then
+    port_free "$CLUSTER_ZK_PORT" TOPK_STACK_CLUSTER_ZK_PORT
+  fi
+  for node in "${CLUSTER_NODES[@]}"; do
+    running_pid "cluster/ch$node" >/dev/null && continue
+    port_free "$(cluster_http_port "$node")" TOPK_STACK_CLUSTER_HTTP_PORT_BASE
+    port_free "$(cluster_tcp_port "$node")" TOPK_STACK_CLUSTER_TCP_PORT_BASE
+    port_free "$(cluster_interserver_port "$node")" TOPK_STACK_CLUSTER_INTERSERVER_PORT_BASE
+  done
+}
+
+up_cluster() {
+  # A ClickHouse server started before ZooKeeper answers never gets a ZooKeeper client (no
+  # system.zookeeper, no ON CLUSTER) until it is restarted, and one that outlived its ZooKeeper
+  # fails its next ON CLUSTER statement (expired session): ZooKeeper first, then the servers.
+  if ! running_pid cluster/zookeeper >/dev/null && cluster_nodes_running; then
+    say "zookeeper is not running: restarting the cluster's clickhouse servers after it"
+    stop_cluster_nodes
+  fi
+  cluster_ports_free
+  up_zookeeper
+  local node
+  for node in "${CLUSTER_NODES[@]}"; do
+    running_pid "cluster/ch$node" >/dev/null && continue
+    cluster_node_config "$node"
+    say "starting clickhouse cluster node ch$node (shard $(cluster_shard "$node")) on 127.0.0.1:$(cluster_http_port "$node")"
+    start_process "cluster/ch$node" "$STACK_DIR/cluster/ch$node" \
+      clickhouse-server --config-file="$STACK_DIR/cluster/ch$node/config/config.xml"
+  done
+  for node in "${CLUSTER_NODES[@]}"; do
+    wait_for "cluster/ch$node" 120 cluster_node_ready "$node"
+  done
+  local replicas
+  for node in "${CLUSTER_NODES[@]}"; do
+    if ! retry 30 cluster_node_has_zookeeper "$node"; then
+      die "cluster node ch$node has no ZooKeeper session (a server started before ZooKeeper answered never gets one): run scripts/stack.sh down cluster, then up cluster; logs in $STACK_DIR/cluster/ch$node/logs"
+    fi
+    replicas=$(cluster_query "$node" "SELECT count() FROM system.clusters WHERE cluster = '$CLUSTER_NAME'")
+    [ "$replicas" = "${#CLUSTER_NODES[@]}" ] ||
+      die "cluster node ch$node sees $replicas replicas in cluster $CLUSTER_NAME, not ${#CLUSTER_NODES[@]}; read $STACK_DIR/cluster/ch$node/config/cluster.xml"
+  done
+}
+
+cluster_nodes_running() {
+  local node
+  for node in "${CLUSTER_NODES[@]}"; do
+    running_pid "cluster/ch$node" >/dev/null && return 0
+  done
+  return 1
+}
+
+# In parallel: each takes a few seconds to shut down.
+stop_cluster_nodes() {
+  local node pids=()
+  for node in "${CLUSTER_NODES[@]}"; do
+    stop_process "cluster/ch$node" &
+    pids+=($!)
+  done
+  wait "${pids[@]}"
+}
+
+# ClickHouse servers first, ZooKeeper last.
+down_cluster() {
+  stop_cluster_nodes
+  stop_process cluster/zookeeper
+}
+
 # ---------------------------------------------------------------- commands
 
 print_env() {
@@ -286,6 +508,17 @@ print_env() {
   fi
 }
 
+print_cluster_env() {
+  local node urls=()
+  for node in "${CLUSTER_NODES[@]}"; do
+    urls+=("http://127.0.0.1:$(cluster_http_port "$node")")
+  done
+  echo "export TOPK_CLUSTER_CLICKHOUSE_URLS=$(IFS=,; echo "${urls[*]}")"
+  echo "export TOPK_CLUSTER_CLICKHOUSE_URL=${urls[0]}"
+  echo "export TOPK_CLICKHOUSE_CLUSTER=$CLUSTER_NAME"
+  echo "export TOPK_CLUSTER_ZOOKEEPER=127.0.0.1:$CLUSTER_ZK_PORT"
+}
+
 selected_services() {
   if [ $# -eq 0 ]; then
     echo "${SERVICES[@]}"
@@ -293,10 +526,22 @@ selected_services() {
   fi
   for service in "$@"; do
     case "$service" in
-      clickhouse|kafka|s3) echo "$service" ;;
-      *) die "unknown service $service (clickhouse, kafka, s3)" ;;
+      clickhouse|kafka|s3|cluster) echo "$service" ;;
+      *) die "unknown service $service (clickhouse, kafka, s3, cluster)" ;;
     esac
   done
+}
+
+# has_cluster SERVICE...: the cluster is among them; has_single_node: another service is.
+has_cluster() {
+  local service
+  for service in "$@"; do [ "$service" = cluster ] && return 0; done
+  return 1
+}
+has_single_node() {
+  local service
+  for service in "$@"; do [ "$service" != cluster ] && return 0; done
+  return 1
 }
 
 install_for() {
@@ -304,40 +549,105 @@ install_for() {
     clickhouse) install_clickhouse ;;
     kafka) cargo_install tansu "$TANSU_VERSION" dynostore,libsql "$TANSU_BIN" ;;
     s3) cargo_install garage "$GARAGE_VERSION" "" "$GARAGE_BIN" ;;
+    cluster) install_zookeeper && install_clickhouse ;;
   esac
 }
 
+say_ready() {
+  say "ready; endpoints: $(tr '\n' ' ' <"$1" | sed 's/export //g; s/AWS_SECRET_ACCESS_KEY=[^ ]*/AWS_SECRET_ACCESS_KEY=***/')"
+}
+
 cmd_up() {
-  command -v cargo >/dev/null || die "cargo is missing: install the Rust toolchain (rustup) first"
   mkdir -p "$STACK_DIR"
-  local service
-  for service in $(selected_services "$@"); do
+  local services service
+  services=$(selected_services "$@")
+  for service in $services; do
     install_for "$service"
   done
-  for service in $(selected_services "$@"); do
+  for service in $services; do
     "up_$service"
   done
-  print_env >"$STACK_DIR/env"
-  say "ready; endpoints: $(tr '\n' ' ' <"$STACK_DIR/env" | sed 's/export //g; s/AWS_SECRET_ACCESS_KEY=[^ ]*/AWS_SECRET_ACCESS_KEY=***/')"
+  # shellcheck disable=SC2086 # one word per service
+  if has_single_node $services; then
+    print_env >"$STACK_DIR/env"
+    say_ready "$STACK_DIR/env"
+  fi
+  # shellcheck disable=SC2086
+  if has_cluster $services; then
+    print_cluster_env >"$STACK_DIR/cluster/env"
+    say_ready "$STACK_DIR/cluster/env"
+  fi
 }
 
 cmd_down() {
   local services
   services=$(selected_services "$@")
-  # Reverse order: s3, kafka, clickhouse.
+  # Reverse order: cluster, s3, kafka, clickhouse.
   for service in $(echo "$services" | tr ' ' '\n' | tac); do
-    stop_process "$service"
+    if [ "$service" = cluster ]; then
+      down_cluster
+    else
+      stop_process "$service"
+    fi
   done
 }
 
-cmd_status() {
+process_status() {
   local pid
-  for service in "${SERVICES[@]}"; do
-    if pid=$(running_pid "$service"); then
-      echo "$service: running (pid $pid, log $(log_file "$service"))"
+  if pid=$(running_pid "$1"); then
+    echo "$1: running (pid $pid, log $(log_file "$1"))"
+  else
+    echo "$1: stopped"
+  fi
+}
+
+cluster_running() {
+  local process
+  for process in $(cluster_processes); do
+    running_pid "$process" >/dev/null && return 0
+  done
+  return 1
+}
+
+# Without SERVICE: the default services, and the cluster's processes while any of them runs.
+cmd_status() {
+  local services service process
+  services=$(selected_services "$@")
+  if [ $# -eq 0 ] && cluster_running; then
+    services="$services cluster"
+  fi
+  for service in $services; do
+    if [ "$service" = cluster ]; then
+      for process in $(cluster_processes); do
+        process_status "$process"
+      done
     else
-      echo "$service: stopped"
+      process_status "$service"
     fi
+  done
+}
+
+cmd_env() {
+  local services
+  services=$(selected_services "$@")
+  # shellcheck disable=SC2086
+  if has_single_node $services; then
+    print_env
+  fi
+  # shellcheck disable=SC2086
+  if has_cluster $services; then
+    print_cluster_env
+  fi
+}
+
+cmd_install() {
+  if [ $# -eq 0 ]; then
+    install_tools
+    return
+  fi
+  local service
+  for service in $(selected_services "$@"); do
+    install_for "$service"
   done
 }
 
@@ -347,10 +657,11 @@ main() {
   case "$command" in
     up) cmd_up "$@" ;;
     down) cmd_down "$@" ;;
-    status) cmd_status ;;
-    env) print_env ;;
-    install) install_tools ;;
-    -h|--help|help|"") sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' ;;
+    status) cmd_status "$@" ;;
+    env) cmd_env "$@" ;;
+    install) cmd_install "$@" ;;
+    # The comment block at the top of this file, without the #.
+    -h|--help|help|"") sed -n '2,/^[^#]/{/^#/s/^# \{0,1\}//p}' "${BASH_SOURCE[0]}" ;;
     *) die "unknown command $command (up, down, status, env, install)" ;;
   esac
 }
