@@ -8,8 +8,8 @@
 //! - [`chaos_rounds_keep_counts_and_answers_exact`]: two aggregators, rounds of a random fault
 //!   during Zipf traffic with duplicates and late plays; after each round drains, the counts
 //!   equal the brute force and the API's answer for every user equals a brute-force top 10.
-//! - [`a_stalled_group_is_reported_and_recovers`]: the consumer-group stall of the test broker
-//!   (tansu 0.6.0), scripted: the workers report it, and restarting them recovers it.
+//! - [`a_stalled_group_is_reported_and_never_over_counted`]: the consumer-group stall of the test broker
+//!   (tansu 0.6.0), scripted: the workers report it, and nothing is ever over-counted.
 //!
 //! What the test broker cannot take is said where it matters: tansu never evicts a member
 //! killed with SIGKILL (so workers use static membership, as a StatefulSet would), and when the
@@ -17,13 +17,13 @@
 //! it as leader of the next generation although it is no longer a member: every SyncGroup then
 //! answers "rebalance in progress", and the group stalls for good (every member revoked, none
 //! assigned; the broker's `coordinator/group/administrator.rs`, Formed `missed_heartbeat` never
-//! clears the leader). Restarting the workers does not clear it (it recovered in some runs
-//! here when the broker reloaded the group after two requests overlapped); restarting the
-//! broker does. Apache Kafka evicts such members after `session.timeout.ms` and elects a new
+//! clears the leader). Neither restarting the workers nor restarting the broker (with its
+//! SQLite storage) reliably clears it: tried here, each recovered it in some runs and not in
+//! others. Apache Kafka evicts such members after `session.timeout.ms` and elects a new
 //! leader. So the chaos rounds give their workers a session timeout (30 s) longer than their
 //! pauses (15 s): a pause freezes a worker mid-flight, with its requests in flight, but does
 //! not move its partitions. A write of a worker whose partitions moved is exactly_once case 1
-//! (`tests/it/exactly_once.rs`); the stall itself is [`a_stalled_group_is_reported_and_recovers`].
+//! (`tests/it/exactly_once.rs`); the stall itself is [`a_stalled_group_is_reported_and_never_over_counted`].
 //! If a round still stalls, the test does what an orchestrator does on the workers' failing
 //! `/healthz`: it restarts them, and counts it.
 
@@ -122,8 +122,13 @@ impl Worker {
 
 /// Waits until every produced offset is committed. When nothing moves for `stall_after`,
 /// restarts every worker (what an orchestrator does on their failing `/healthz`) and goes on;
-/// returns how many restarts it took.
-async fn drain(pipeline: &Pipeline, workers: &mut [Worker], stall_after: Duration) -> usize {
+/// returns how many restarts it took, or `None` when `max_restarts` did not get it moving.
+async fn try_drain(
+    pipeline: &Pipeline,
+    workers: &mut [Worker],
+    stall_after: Duration,
+    max_restarts: usize,
+) -> Option<usize> {
     let ends = pipeline.end_offsets();
     let mut restarts = 0;
     let mut last = pipeline.checkpoints().await;
@@ -134,14 +139,16 @@ async fn drain(pipeline: &Pipeline, workers: &mut [Worker], stall_after: Duratio
             *end == 0 || now.get(partition).is_some_and(|done| done + 1 >= *end)
         });
         if drained {
-            return restarts;
+            return Some(restarts);
         }
         if now != last {
             last = now;
             moved_at = Instant::now();
         }
         if moved_at.elapsed() >= stall_after {
-            assert!(restarts < 5, "still stalled after {restarts} restarts");
+            if restarts == max_restarts {
+                return None;
+            }
             restarts += 1;
             println!("  no progress for {stall_after:?}: restarting the workers");
             for worker in workers.iter_mut() {
@@ -151,6 +158,13 @@ async fn drain(pipeline: &Pipeline, workers: &mut [Worker], stall_after: Duratio
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+/// [`try_drain`] that fails the test after 5 restarts.
+async fn drain(pipeline: &Pipeline, workers: &mut [Worker], stall_after: Duration) -> usize {
+    try_drain(pipeline, workers, stall_after, 5)
+        .await
+        .expect("still stalled after 5 restarts of the workers")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -277,14 +291,16 @@ async fn chaos_rounds_keep_counts_and_answers_exact() {
 /// the second is paused for 15 s. On tansu 0.6.0 the group then stalls in about half of the
 /// runs (every member revoked, none assigned again). It is tried up to four times; when it
 /// stalls, every worker must report it (`/healthz` 503 naming the partitions,
-/// `topk_aggregator_unconsumed_partitions` > 0), and restarting the workers must recover it
-/// with exact counts (up to 5 restarts: a worker restart does not reliably clear the broker's
-/// dangling leader, see the module documentation; it did in the runs here). The output says
-/// how often the stall happened.
+/// `topk_aggregator_unconsumed_partitions` > 0). Then the workers are restarted (what an
+/// orchestrator does on the failing `/healthz`) up to three times: if the group recovers,
+/// every partition must be consumed to its end with exact counts; if it does not (the
+/// broker's dangling leader, see the module documentation), nothing may be over-counted. The
+/// output says how often the group stalled and how often it did not recover.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "long: up to 4 attempts of about a minute each; run with --ignored"]
-async fn a_stalled_group_is_reported_and_recovers() {
+async fn a_stalled_group_is_reported_and_never_over_counted() {
     let mut stalls = 0;
+    let mut not_recovered = 0;
     for attempt in 0..4 {
         let pipeline = Pipeline::new(&format!("chaos_stall_{attempt}"), 4).await;
         let mut spec = GeneratorSpec::new(120_000, Utc::now());
@@ -369,17 +385,42 @@ async fn a_stalled_group_is_reported_and_recovers() {
         } else {
             println!("attempt {attempt}: no stall this time");
         }
-        let restarts = drain(&pipeline, &mut workers, Duration::from_secs(45)).await;
-        let reference = workers[0].process.take().expect("running");
-        pipeline.assert_counts_equal(&expected, &reference).await;
-        println!("attempt {attempt}: every partition consumed to its end, counts exact ({restarts} restarts)");
+        let reference = match try_drain(&pipeline, &mut workers, Duration::from_secs(45), 3).await {
+            Some(restarts) => {
+                let reference = workers[0].process.take().expect("running");
+                pipeline.assert_counts_equal(&expected, &reference).await;
+                println!(
+                    "attempt {attempt}: every partition consumed to its end, counts exact \
+                     ({restarts} worker restarts)"
+                );
+                reference
+            }
+            None => {
+                // Only a stalled group may fail to drain, and what was counted is never more
+                // than the brute force (every flush that counted is a prefix of a partition).
+                assert!(stalled, "the group did not drain, and it was not a stall");
+                let counted = pipeline.minute_counts().await;
+                for (key, plays) in &counted {
+                    let truth = expected.get(key).copied().unwrap_or(0);
+                    assert!(*plays <= truth, "{key:?}: {plays} counted, {truth} valid");
+                }
+                not_recovered += 1;
+                println!(
+                    "attempt {attempt}: still stalled after 3 restarts of the workers (the \
+                     broker's dangling leader); nothing over-counted, {} of {} (user, song, \
+                     minute) keys counted",
+                    counted.len(),
+                    expected.len()
+                );
+                workers[0].process.take().expect("running")
+            }
+        };
         drop(reference);
-        for worker in &mut workers {
-            worker.kill();
-        }
         if stalled {
             break;
         }
     }
-    println!("the group stalled in {stalls} attempt(s)");
+    println!(
+        "the group stalled in {stalls} attempt(s); {not_recovered} not recovered by restarting the workers"
+    );
 }
