@@ -57,7 +57,9 @@
 //!   never counted past: the partition is read again from the missing offset, then from
 //!   further back (a broker that answers a fetch inside a record batch with the next batch
 //!   skips the same records again; see `shard::gap_seek_target`), and a gap that persists
-//!   after that fails the partition loudly (`/healthz`).
+//!   after that fails the partition loudly (`/healthz`). A gap no later record shows (no
+//!   record arrives although the broker reports more) is re-read the same way
+//!   (`consumer::TailWatch`).
 //! - **Case 6, late data**: each commit lists the days its rows fall on; the rollup records
 //!   exactly which commits it read, so any later commit touching a day is seen, whatever
 //!   the totals.

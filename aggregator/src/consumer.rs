@@ -29,11 +29,18 @@ use crate::health::Health;
 use crate::metrics;
 use crate::record::ConsumedRecord;
 use crate::shard::{
-    by_shard, shard_of, AssignedPartition, PollerRequest, ShardCommand, ShardMemory,
+    by_shard, gap_seek_target, shard_of, AssignedPartition, PollerRequest, ShardCommand,
+    ShardMemory,
 };
 
 /// Records sent to a shard at once.
 const BATCH_SIZE: usize = 1024;
+/// How long a partition may sit with no record delivered while the broker reports records
+/// after its position before it is read again from further back (see [`TailWatch`]).
+const TAIL_STALL: Duration = Duration::from_secs(10);
+/// How many times a stuck tail is read again from further back (1 000 and 100 000 offsets
+/// earlier, then the beginning) before the watch waits for the position to move.
+const TAIL_SEEKS: u32 = 3;
 /// How long an assignment may retry claiming before the worker gives up.
 const ASSIGN_TIMEOUT: Duration = Duration::from_secs(240);
 
@@ -49,6 +56,8 @@ pub struct AggregatorContext {
     fatal: std::sync::Mutex<Option<String>>,
     /// The next offset to hand to the shards, per partition, since the last rebalance.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
+    /// The high watermark of each partition, from librdkafka's statistics (every 5 s).
+    high_watermarks: std::sync::Mutex<HashMap<i32, i64>>,
     /// How often each partition was positioned (assigned, or sought after a gap): records
     /// carry it so a shard drops those fetched before the latest positioning.
     generations: std::sync::Mutex<HashMap<i32, u64>>,
@@ -59,9 +68,15 @@ impl ClientContext for AggregatorContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
+        let mut high_watermarks = self.high_watermarks.lock().ok();
         for partition in topic.partitions.values() {
             if partition.partition >= 0 && partition.consumer_lag >= 0 {
                 metrics::consumer_lag(partition.partition, partition.consumer_lag);
+            }
+            if let Some(high_watermarks) = high_watermarks.as_mut() {
+                if partition.partition >= 0 && partition.hi_offset >= 0 {
+                    high_watermarks.insert(partition.partition, partition.hi_offset);
+                }
             }
         }
     }
@@ -308,6 +323,21 @@ pub struct Poller {
     /// are paused, and claimed again if still assigned after [`Self::fence_wait`].
     fenced: HashMap<i32, Instant>,
     fence_wait: Duration,
+    tails: TailWatch,
+}
+
+/// Finds partitions whose records stopped arriving although the broker holds more after the
+/// position: a gap the shards cannot see, because no later record arrives to show it. tansu
+/// answers a fetch from inside a record batch with the next batch, so a consumer resuming
+/// inside the *last* batch of a partition (after a memory pause) gets nothing at all until
+/// more is produced. Such a partition is read again from further back, as a gap is
+/// ([`gap_seek_target`]); the shard skips what it already has. Apache Kafka returns the batch
+/// holding the offset, so there this never fires.
+#[derive(Default)]
+struct TailWatch {
+    /// Per partition: the position last seen, since when, and how many re-reads it caused.
+    seen: HashMap<i32, (i64, Instant, u32)>,
+    checked_at: Option<Instant>,
 }
 
 pub struct PollerParts {
@@ -335,6 +365,7 @@ impl Poller {
             max_backoff: config.max_retry_backoff(),
             fatal: std::sync::Mutex::new(None),
             positions: std::sync::Mutex::new(HashMap::new()),
+            high_watermarks: std::sync::Mutex::new(HashMap::new()),
             generations: std::sync::Mutex::new(HashMap::new()),
         };
         let mut client_config = config.consumer_config();
@@ -357,6 +388,7 @@ impl Poller {
             shutdown_timeout: config.shutdown_timeout(),
             fenced: HashMap::new(),
             fence_wait: Duration::from_millis(2 * session_timeout_ms),
+            tails: TailWatch::default(),
         })
     }
 
@@ -371,6 +403,7 @@ impl Poller {
             self.handle_requests(CommitMode::Async);
             self.reclaim_fenced();
             paused = self.apply_memory_budget(paused);
+            self.watch_tails(paused);
             let mut timeout = Duration::from_millis(100);
             let mut polled = 0usize;
             while polled < BATCH_SIZE * self.shards.len() {
@@ -406,6 +439,82 @@ impl Poller {
             self.report_assignment();
         }
         self.shut_down()
+    }
+
+    /// See [`TailWatch`]. Checked every second; the clocks start over during a pause.
+    fn watch_tails(&mut self, paused: bool) {
+        let now = Instant::now();
+        if paused {
+            self.tails.seen.clear();
+            return;
+        }
+        if self
+            .tails
+            .checked_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.tails.checked_at = Some(now);
+        let positions = self
+            .consumer
+            .context()
+            .positions
+            .lock()
+            .map(|positions| positions.clone())
+            .unwrap_or_default();
+        self.tails
+            .seen
+            .retain(|partition, _| positions.contains_key(partition));
+        for (partition, next_offset) in positions {
+            if self.fenced.contains_key(&partition) || self.health.is_failed(partition) {
+                continue;
+            }
+            let entry = self
+                .tails
+                .seen
+                .entry(partition)
+                .or_insert((next_offset, now, 0));
+            if entry.0 != next_offset {
+                *entry = (next_offset, now, 0);
+                continue;
+            }
+            if now.duration_since(entry.1) < TAIL_STALL || entry.2 >= TAIL_SEEKS {
+                continue;
+            }
+            let high = self
+                .consumer
+                .context()
+                .high_watermarks
+                .lock()
+                .ok()
+                .and_then(|high_watermarks| high_watermarks.get(&partition).copied());
+            let Some(high) = high else {
+                continue;
+            };
+            entry.1 = now;
+            if high <= next_offset {
+                continue;
+            }
+            entry.2 += 1;
+            let seeks = entry.2;
+            let from = gap_seek_target(next_offset, seeks + 1);
+            tracing::warn!(
+                partition,
+                next_offset,
+                high_watermark = high,
+                seeks,
+                ?from,
+                "no records arrive although the broker has more; reading the partition again from further back"
+            );
+            metrics::offset_gap();
+            self.reposition(partition, from);
+            // The re-read starts at `from`: watch that position, keeping the count, so a
+            // re-read that brings nothing goes further back next time.
+            self.tails
+                .seen
+                .insert(partition, (from.unwrap_or(next_offset), now, seeks));
+        }
     }
 
     fn report_assignment(&self) {

@@ -36,7 +36,7 @@ const GAP_SEEKS: u32 = 4;
 /// so the later re-reads start further back, up to the beginning: from any offset at or
 /// before the batch's first record the batch is delivered whole, and the records before
 /// `expected` are skipped as already processed.
-fn gap_seek_target(expected: i64, attempt: u32) -> Option<i64> {
+pub(crate) fn gap_seek_target(expected: i64, attempt: u32) -> Option<i64> {
     let back = match attempt {
         0 | 1 => 0,
         2 => 1_000,

@@ -132,12 +132,24 @@ pub async fn commit_through(
     partition: u32,
     flush_offset: i64,
 ) -> Claim {
+    commit_through_in(clickhouse, TEST_GROUP, topic, partition, flush_offset).await
+}
+
+/// [`commit_through`] for consumer group `group` (an aggregator of that group resumes right
+/// after `flush_offset`).
+pub async fn commit_through_in(
+    clickhouse: &ClickHouseOptions,
+    group: &str,
+    topic: &str,
+    partition: u32,
+    flush_offset: i64,
+) -> Claim {
     let client = clickhouse.client();
-    let claim = claim_partition(&client, &owner(topic), partition)
+    let claim = claim_partition(&client, &owner_in(group, topic), partition)
         .await
         .expect("claim a partition");
     let commit = FlushCommitRow {
-        consumer_group: TEST_GROUP.to_owned(),
+        consumer_group: group.to_owned(),
         topic: topic.to_owned(),
         kafka_partition: partition,
         claim_id: claim.claim_id,
