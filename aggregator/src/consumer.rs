@@ -124,6 +124,14 @@ impl ConsumerContext for AggregatorContext {
 }
 
 impl AggregatorContext {
+    /// A copy of [`Self::positions`]: the next offset to hand to the shards, per partition.
+    fn positions_now(&self) -> HashMap<i32, i64> {
+        self.positions
+            .lock()
+            .map(|positions| positions.clone())
+            .unwrap_or_default()
+    }
+
     fn set_fatal(&self, message: String) {
         tracing::error!(%message, "fatal");
         if let Ok(mut fatal) = self.fatal.lock() {
@@ -456,13 +464,7 @@ impl Poller {
             return;
         }
         self.tails.checked_at = Some(now);
-        let positions = self
-            .consumer
-            .context()
-            .positions
-            .lock()
-            .map(|positions| positions.clone())
-            .unwrap_or_default();
+        let positions = self.consumer.context().positions_now();
         self.tails
             .seen
             .retain(|partition, _| positions.contains_key(partition));
@@ -738,13 +740,7 @@ impl Poller {
         if let Err(error) = self.consumer.resume(&resumable) {
             tracing::warn!(%error, "resuming after the pause failed");
         }
-        let positions = self
-            .consumer
-            .context()
-            .positions
-            .lock()
-            .map(|positions| positions.clone())
-            .unwrap_or_default();
+        let positions = self.consumer.context().positions_now();
         for (partition, next_offset) in positions {
             if self.fenced.contains_key(&partition) || self.health.is_failed(partition) {
                 continue;

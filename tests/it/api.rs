@@ -35,9 +35,12 @@ fn day(offset_from_today: u64) -> NaiveDate {
         .unwrap()
 }
 
+/// Auth off, and a query timeout long enough for a loaded CI machine: these tests check
+/// answers; the timeout's own behaviour is tested in `operations`.
 fn config(clickhouse: ClickHouseOptions) -> ApiConfig {
     let mut config = ApiConfig::with_clickhouse(clickhouse);
     config.auth_mode = AuthMode::Off;
+    config.query_timeout_ms = topk_tests::api::QUERY_TIMEOUT_MS;
     config
 }
 

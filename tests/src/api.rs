@@ -10,9 +10,16 @@ use topk_core::db::ClickHouseOptions;
 use topk_loadgen::generate::MinuteCounts;
 use tower::ServiceExt;
 
-/// The API's router on `clickhouse`'s database, with the default configuration (no auth).
+/// The query timeout of the tests that check answers (the default, 2 s, is for serving; a
+/// loaded CI machine running the whole suite has taken longer for a heavy listener's two
+/// queries). The timeout itself is tested in `tests/it/api/operations.rs`.
+pub const QUERY_TIMEOUT_MS: u64 = 30_000;
+
+/// The API's router on `clickhouse`'s database, with the default configuration (no auth)
+/// but a [`QUERY_TIMEOUT_MS`] query timeout.
 pub fn app(clickhouse: &ClickHouseOptions) -> Router {
-    let config = topk_api::config::ApiConfig::with_clickhouse(clickhouse.clone());
+    let mut config = topk_api::config::ApiConfig::with_clickhouse(clickhouse.clone());
+    config.query_timeout_ms = QUERY_TIMEOUT_MS;
     topk_api::app(topk_api::AppState::from_config(&config).expect("api state"))
 }
 
