@@ -27,7 +27,7 @@ async fn s3_outage_of_30_seconds_loses_nothing_from_archive_or_counts() {
 
     crate::stack_script(&["down", "s3"]);
     let outage_started = Instant::now();
-    pipeline.produce(during).await;
+    pipeline.produce_unbatched(during).await;
     assert_keeps_running(
         &mut aggregator,
         Duration::from_secs(30).saturating_sub(outage_started.elapsed()),
