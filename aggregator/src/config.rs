@@ -47,8 +47,9 @@ pub struct AggregatorConfig {
     #[arg(long, env = "TOPK_MAX_BUFFER_ROWS", default_value_t = 1_000_000)]
     pub max_buffer_rows: usize,
     /// Memory budget of the process in MiB. Consumption pauses when buffered counts,
-    /// duplicate-filter state and records awaiting the archive reach a third of it (the rest
-    /// is Kafka's prefetch, a sixteenth, and the runtime, clients and allocator slack).
+    /// duplicate-filter state and records awaiting the archive reach a quarter of it (the
+    /// rest is Kafka's prefetch, a sixteenth, and the runtime, clients, flush copies and
+    /// allocator slack: at a third, a ClickHouse outage peaked at 94 % of a 256 MiB limit).
     #[arg(long, env = "TOPK_MEMORY_LIMIT_MB", default_value_t = 512)]
     pub memory_limit_mb: u64,
     /// Duplicate horizon, ms of event time: an event_id seen again before the partition's
@@ -106,10 +107,11 @@ impl AggregatorConfig {
 
     /// Bytes of buffered counts and duplicate-filter state at which consumption pauses.
     pub fn buffer_budget_bytes(&self) -> usize {
-        (self.memory_limit_mb as usize * 1024 * 1024) / 3
+        (self.memory_limit_mb as usize * 1024 * 1024) / 4
     }
 
-    /// librdkafka's prefetch queue size, KiB: a sixteenth of the budget, at most 64 MiB.
+    /// librdkafka's prefetch queue size, KiB: a sixteenth of the memory limit, between
+    /// 1 MiB and 64 MiB. One fetch response is bounded by the same size.
     pub fn kafka_queue_kbytes(&self) -> u64 {
         (self.memory_limit_mb * 1024 / 16).clamp(1024, 64 * 1024)
     }
@@ -138,6 +140,12 @@ impl AggregatorConfig {
             .set(
                 "queued.max.messages.kbytes",
                 self.kafka_queue_kbytes().to_string(),
+            )
+            // One fetch response is held whole before it reaches the queue: bounded by the
+            // same size (librdkafka's default, 50 MiB, is a fifth of a 256 MiB limit).
+            .set(
+                "fetch.max.bytes",
+                (self.kafka_queue_kbytes() * 1024).to_string(),
             );
         // The operator's properties win (e.g. group.instance.id, session.timeout.ms).
         for (key, value) in self.extra_consumer_properties().unwrap_or_default() {
@@ -183,7 +191,7 @@ mod tests {
         let config: AggregatorConfig = topk_core::config::load_from(["topk-aggregator"]).unwrap();
         assert_eq!(config.flush_interval(), Duration::from_secs(60));
         assert_eq!(config.dedup_horizon_ms, 10 * 60 * 1000);
-        assert_eq!(config.buffer_budget_bytes(), 512 * 1024 * 1024 / 3);
+        assert_eq!(config.buffer_budget_bytes(), 512 * 1024 * 1024 / 4);
         assert_eq!(config.kafka_queue_kbytes(), 32 * 1024);
     }
 

@@ -36,7 +36,8 @@ use crate::shard::{
 /// Records sent to a shard at once.
 const BATCH_SIZE: usize = 1024;
 /// How long a partition may sit with no record delivered while the broker reports records
-/// after its position before it is read again from further back (see [`TailWatch`]).
+/// after its position and answers fetches, before it is read again from further back (see
+/// [`TailWatch`]).
 const TAIL_STALL: Duration = Duration::from_secs(10);
 /// How many times a stuck tail is read again from further back (1 000 and 100 000 offsets
 /// earlier, then the beginning) before the watch waits for the position to move.
@@ -56,8 +57,9 @@ pub struct AggregatorContext {
     fatal: std::sync::Mutex<Option<String>>,
     /// The next offset to hand to the shards, per partition, since the last rebalance.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
-    /// The high watermark of each partition, from librdkafka's statistics (every 5 s).
-    high_watermarks: std::sync::Mutex<HashMap<i32, i64>>,
+    /// Each partition's high watermark and its leader's fetch count, from librdkafka's
+    /// statistics (every 5 s).
+    fetch_stats: std::sync::Mutex<HashMap<i32, FetchStats>>,
     /// How often each partition was positioned (assigned, or sought after a gap): records
     /// carry it so a shard drops those fetched before the latest positioning.
     generations: std::sync::Mutex<HashMap<i32, u64>>,
@@ -68,14 +70,28 @@ impl ClientContext for AggregatorContext {
         let Some(topic) = statistics.topics.get(&self.topic) else {
             return;
         };
-        let mut high_watermarks = self.high_watermarks.lock().ok();
+        let fetches_by_broker: HashMap<i32, i64> = statistics
+            .brokers
+            .values()
+            .map(|broker| {
+                let fetches = broker.req.get("Fetch").copied().unwrap_or(0);
+                (broker.nodeid, fetches)
+            })
+            .collect();
+        let mut fetch_stats = self.fetch_stats.lock().ok();
         for partition in topic.partitions.values() {
             if partition.partition >= 0 && partition.consumer_lag >= 0 {
                 metrics::consumer_lag(partition.partition, partition.consumer_lag);
             }
-            if let Some(high_watermarks) = high_watermarks.as_mut() {
+            if let Some(fetch_stats) = fetch_stats.as_mut() {
                 if partition.partition >= 0 && partition.hi_offset >= 0 {
-                    high_watermarks.insert(partition.partition, partition.hi_offset);
+                    fetch_stats.insert(
+                        partition.partition,
+                        FetchStats {
+                            high_watermark: partition.hi_offset,
+                            leader_fetches: fetches_by_broker.get(&partition.leader).copied(),
+                        },
+                    );
                 }
             }
         }
@@ -341,11 +357,36 @@ pub struct Poller {
 /// more is produced. Such a partition is read again from further back, as a gap is
 /// ([`gap_seek_target`]); the shard skips what it already has. Apache Kafka returns the batch
 /// holding the offset, so there this never fires.
+///
+/// A partition only counts as stuck while its leader answers fetches (its fetch count in
+/// the statistics moves): a broker that is merely slow (a fetch in flight for a minute under
+/// load) is waited for, not answered with re-reads from further and further back, which
+/// cost memory and time and cannot help. An episode ends when the position passes the
+/// offset it got stuck at.
 #[derive(Default)]
 struct TailWatch {
-    /// Per partition: the position last seen, since when, and how many re-reads it caused.
-    seen: HashMap<i32, (i64, Instant, u32)>,
+    seen: HashMap<i32, TailEntry>,
     checked_at: Option<Instant>,
+}
+
+struct TailEntry {
+    /// The position last seen, and since when.
+    position: i64,
+    since: Instant,
+    /// The leader's fetch count at `since` (`None`: not known from the statistics).
+    fetches_at_since: Option<i64>,
+    /// Re-reads caused by this episode, and the offset it got stuck at.
+    seeks: u32,
+    stuck_at: Option<i64>,
+}
+
+/// What the statistics tell about a partition's fetching.
+#[derive(Debug, Clone, Copy)]
+struct FetchStats {
+    high_watermark: i64,
+    /// Fetch requests sent to the partition's leader so far. librdkafka sends the next fetch
+    /// to a broker only after the previous one was answered.
+    leader_fetches: Option<i64>,
 }
 
 pub struct PollerParts {
@@ -373,7 +414,7 @@ impl Poller {
             max_backoff: config.max_retry_backoff(),
             fatal: std::sync::Mutex::new(None),
             positions: std::sync::Mutex::new(HashMap::new()),
-            high_watermarks: std::sync::Mutex::new(HashMap::new()),
+            fetch_stats: std::sync::Mutex::new(HashMap::new()),
             generations: std::sync::Mutex::new(HashMap::new()),
         };
         let mut client_config = config.consumer_config();
@@ -465,6 +506,13 @@ impl Poller {
         }
         self.tails.checked_at = Some(now);
         let positions = self.consumer.context().positions_now();
+        let fetch_stats = self
+            .consumer
+            .context()
+            .fetch_stats
+            .lock()
+            .map(|stats| stats.clone())
+            .unwrap_or_default();
         self.tails
             .seen
             .retain(|partition, _| positions.contains_key(partition));
@@ -472,50 +520,72 @@ impl Poller {
             if self.fenced.contains_key(&partition) || self.health.is_failed(partition) {
                 continue;
             }
-            let entry = self
-                .tails
-                .seen
-                .entry(partition)
-                .or_insert((next_offset, now, 0));
-            if entry.0 != next_offset {
-                *entry = (next_offset, now, 0);
+            let stats = fetch_stats.get(&partition).copied();
+            let fetches = stats.and_then(|stats| stats.leader_fetches);
+            let entry = self.tails.seen.entry(partition).or_insert(TailEntry {
+                position: next_offset,
+                since: now,
+                fetches_at_since: fetches,
+                seeks: 0,
+                stuck_at: None,
+            });
+            if entry.position != next_offset {
+                let episode_over = entry.stuck_at.is_none_or(|stuck| next_offset > stuck);
+                if episode_over {
+                    entry.seeks = 0;
+                    entry.stuck_at = None;
+                }
+                entry.position = next_offset;
+                entry.since = now;
+                entry.fetches_at_since = fetches;
                 continue;
             }
-            if now.duration_since(entry.1) < TAIL_STALL || entry.2 >= TAIL_SEEKS {
+            if now.duration_since(entry.since) < TAIL_STALL || entry.seeks >= TAIL_SEEKS {
                 continue;
             }
-            let high = self
-                .consumer
-                .context()
-                .high_watermarks
-                .lock()
-                .ok()
-                .and_then(|high_watermarks| high_watermarks.get(&partition).copied());
-            let Some(high) = high else {
+            let Some(stats) = stats else {
                 continue;
             };
-            entry.1 = now;
-            if high <= next_offset {
+            let counted_since = entry.fetches_at_since.is_some();
+            let fetches_answered = match (entry.fetches_at_since, fetches) {
+                (Some(before), Some(now)) => now - before,
+                // Counted from now on: judged at the next check.
+                (None, Some(_)) => 0,
+                // No statistics about the leader: judged by the position alone.
+                (_, None) => i64::MAX,
+            };
+            entry.since = now;
+            entry.fetches_at_since = fetches;
+            if stats.high_watermark <= next_offset {
                 continue;
             }
-            entry.2 += 1;
-            let seeks = entry.2;
-            let from = gap_seek_target(next_offset, seeks + 1);
+            if fetches_answered < 2 {
+                if !counted_since {
+                    continue;
+                }
+                tracing::info!(
+                    partition,
+                    next_offset,
+                    high_watermark = stats.high_watermark,
+                    "no records arrive and the broker answers no fetches; waiting for the broker"
+                );
+                continue;
+            }
+            entry.seeks += 1;
+            let seeks = entry.seeks;
+            let stuck_at = *entry.stuck_at.get_or_insert(next_offset);
+            let from = gap_seek_target(stuck_at, seeks + 1);
             tracing::warn!(
                 partition,
                 next_offset,
-                high_watermark = high,
+                high_watermark = stats.high_watermark,
+                fetches_answered,
                 seeks,
                 ?from,
-                "no records arrive although the broker has more; reading the partition again from further back"
+                "no records arrive although the broker has more and answers fetches; reading the partition again from further back"
             );
             metrics::offset_gap();
             self.reposition(partition, from);
-            // The re-read starts at `from`: watch that position, keeping the count, so a
-            // re-read that brings nothing goes further back next time.
-            self.tails
-                .seen
-                .insert(partition, (from.unwrap_or(next_offset), now, seeks));
         }
     }
 

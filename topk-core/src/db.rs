@@ -33,6 +33,30 @@ pub struct ClickHouseOptions {
         hide_env_values = true
     )]
     pub clickhouse_password: String,
+    /// ClickHouse settings sent with every query, comma-separated `name=value` pairs (e.g.
+    /// `log_queries=1`, or `insert_quorum=2` on a replicated cluster). A profile in the
+    /// server's users.xml does the same for a user.
+    #[arg(
+        long,
+        env = "TOPK_CLICKHOUSE_SETTINGS",
+        value_delimiter = ',',
+        value_parser = parse_setting
+    )]
+    #[serde(default)]
+    pub clickhouse_settings: Vec<String>,
+}
+
+/// Accepts `name=value` with a setting name of letters, digits and underscores.
+fn parse_setting(pair: &str) -> Result<String, String> {
+    let pair = pair.trim();
+    let (name, value) = pair
+        .split_once('=')
+        .ok_or_else(|| format!("ClickHouse setting `{pair}` is not name=value"))?;
+    let name = name.trim();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!("`{name}` is not a ClickHouse setting name"));
+    }
+    Ok(format!("{name}={}", value.trim()))
 }
 
 impl ClickHouseOptions {
@@ -42,6 +66,7 @@ impl ClickHouseOptions {
             clickhouse_database: database.into(),
             clickhouse_user: "default".to_owned(),
             clickhouse_password: String::new(),
+            clickhouse_settings: Vec::new(),
         }
     }
 
@@ -53,11 +78,17 @@ impl ClickHouseOptions {
 
     /// A client bound to no particular database (for `CREATE DATABASE`).
     pub fn server_client(&self) -> clickhouse::Client {
-        clickhouse::Client::default()
+        let mut client = clickhouse::Client::default()
             .with_url(&self.clickhouse_url)
             .with_user(&self.clickhouse_user)
             .with_password(&self.clickhouse_password)
-            .with_validation(false)
+            .with_validation(false);
+        for setting in &self.clickhouse_settings {
+            if let Some((name, value)) = setting.split_once('=') {
+                client = client.with_setting(name, value);
+            }
+        }
+        client
     }
 }
 
@@ -78,5 +109,21 @@ pub async fn wait_until_ready(
             Err(error) if tokio::time::Instant::now() >= deadline => return Err(error),
             Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_name_value_pairs() {
+        assert_eq!(
+            parse_setting(" log_queries = 1 "),
+            Ok("log_queries=1".to_owned())
+        );
+        assert!(parse_setting("log_queries").is_err());
+        assert!(parse_setting("=1").is_err());
+        assert!(parse_setting("max execution=1").is_err());
     }
 }
