@@ -16,9 +16,17 @@ if ! scripts/stack.sh status | grep -q "clickhouse: running" ||
    ! scripts/stack.sh status | grep -q "s3: running"; then
   started_stack=1
 fi
+# tests/cluster starts the local ClickHouse cluster itself; stopped again if it was not running.
+started_cluster=0
+if scripts/stack.sh status cluster | grep -qv ": running"; then
+  started_cluster=1
+fi
 cleanup() {
   if [ "$started_stack" = 1 ] && [ "${TOPK_KEEP_STACK:-0}" != 1 ]; then
     scripts/stack.sh down || true
+  fi
+  if [ "$started_cluster" = 1 ] && [ "${TOPK_KEEP_STACK:-0}" != 1 ]; then
+    scripts/stack.sh down cluster || true
   fi
 }
 trap cleanup EXIT

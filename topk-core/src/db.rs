@@ -33,6 +33,11 @@ pub struct ClickHouseOptions {
         hide_env_values = true
     )]
     pub clickhouse_password: String,
+    /// The ClickHouse cluster (its name in `remote_servers`) the schema is laid out on; empty
+    /// for a single server. See deploy/clickhouse-cluster/README.md.
+    #[arg(long, env = "TOPK_CLICKHOUSE_CLUSTER", default_value = "")]
+    #[serde(default)]
+    pub clickhouse_cluster: String,
     /// ClickHouse settings sent with every query, comma-separated `name=value` pairs (e.g.
     /// `log_queries=1`, or `insert_quorum=2` on a replicated cluster). A profile in the
     /// server's users.xml does the same for a user.
@@ -67,7 +72,15 @@ impl ClickHouseOptions {
             clickhouse_user: "default".to_owned(),
             clickhouse_password: String::new(),
             clickhouse_settings: Vec::new(),
+            clickhouse_cluster: String::new(),
         }
+    }
+
+    /// The cluster layout, when the schema lives on a cluster.
+    pub fn cluster_layout(&self) -> Option<crate::cluster::ClusterLayout> {
+        (!self.clickhouse_cluster.is_empty()).then(|| {
+            crate::cluster::ClusterLayout::new(&self.clickhouse_cluster, &self.clickhouse_database)
+        })
     }
 
     /// A client bound to the topk database.

@@ -10,11 +10,13 @@
 //! - [`committed`]: which minute rows count (committed flushes): the rule every reader applies.
 //! - [`db`]: ClickHouse connection options and client construction.
 //! - [`migrate`]: the versioned SQL migrations in `sql/` and the runner that applies them.
+//! - [`cluster`]: how those migrations are laid out on a ClickHouse cluster.
 //! - [`config`]: layered configuration (file, then env, then flags).
 //! - [`shutdown`]: graceful stop on SIGTERM/SIGINT, handlers installed at startup.
 //! - [`telemetry`]: tracing and Prometheus metrics setup shared by every binary.
 
 pub mod claims;
+pub mod cluster;
 pub mod committed;
 pub mod config;
 pub mod db;

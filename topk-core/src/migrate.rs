@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use clickhouse::Row;
 use serde::{Deserialize, Serialize};
 
+use crate::cluster::{ClusterLayout, ClusterStatement};
 use crate::db::ClickHouseOptions;
 use crate::schema::SCHEMA_MIGRATIONS;
 
@@ -64,6 +65,8 @@ pub enum MigrateError {
         statement_index: usize,
         source: clickhouse::error::Error,
     },
+    #[error("{0}")]
+    Cluster(String),
     #[error(
         "migration {version} ({name}) was applied with checksum {applied} but the file now has \
          {current}: applied migrations must not be edited, add a new one"
@@ -96,22 +99,25 @@ pub struct MigrationReport {
 pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, MigrateError> {
     // The database name cannot be a bind parameter in DDL; it comes from the operator's config,
     // never from a request, and is quoted as an identifier.
-    options
-        .server_client()
-        .query(&format!(
+    let layout = options.cluster_layout();
+    let databases = match &layout {
+        Some(layout) => layout.create_databases(),
+        None => vec![format!(
             "CREATE DATABASE IF NOT EXISTS {}",
             quote_identifier(&options.clickhouse_database)
-        ))
-        .execute()
-        .await?;
+        )],
+    };
+    for statement in databases {
+        options.server_client().query(&statement).execute().await?;
+    }
     let client = options.client();
-    client
-        .query(&format!(
-            "CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS} (version UInt32, name String, \
-             checksum String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY version"
-        ))
-        .execute()
-        .await?;
+    let schema_table = format!(
+        "CREATE TABLE IF NOT EXISTS {SCHEMA_MIGRATIONS} (version UInt32, name String, \
+         checksum String, applied_at DateTime('UTC')) ENGINE = MergeTree ORDER BY version"
+    );
+    for statement in laid_out(layout.as_ref(), &options.clickhouse_database, &schema_table)? {
+        client.query(&statement.sql).execute().await?;
+    }
     let applied = applied_checksums(&client).await?;
     let mut report = MigrationReport {
         applied: Vec::new(),
@@ -132,21 +138,23 @@ pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, Mig
             continue;
         }
         for (statement_index, statement) in statements(migration.sql).iter().enumerate() {
-            if let Some((table, column)) = added_column(statement) {
-                if column_exists(&client, &table, &column).await? {
-                    continue;
+            for rendered in laid_out(layout.as_ref(), &options.clickhouse_database, statement)? {
+                if let Some((database, table, column)) = &rendered.adds_column {
+                    if column_exists(&client, database, table, column).await? {
+                        continue;
+                    }
                 }
+                client
+                    .query(&rendered.sql)
+                    .execute()
+                    .await
+                    .map_err(|source| MigrateError::Statement {
+                        version: migration.version,
+                        name: migration.name,
+                        statement_index,
+                        source,
+                    })?;
             }
-            client
-                .query(statement)
-                .execute()
-                .await
-                .map_err(|source| MigrateError::Statement {
-                    version: migration.version,
-                    name: migration.name,
-                    statement_index,
-                    source,
-                })?;
         }
         let mut insert = client.insert::<AppliedMigration>(SCHEMA_MIGRATIONS).await?;
         insert
@@ -246,19 +254,35 @@ fn added_column(statement: &str) -> Option<(String, String)> {
 
 async fn column_exists(
     client: &clickhouse::Client,
+    database: &str,
     table: &str,
     column: &str,
 ) -> Result<bool, clickhouse::error::Error> {
     let count: u64 = client
-        .query(
-            "SELECT count() FROM system.columns WHERE database = currentDatabase() \
-             AND table = ? AND name = ?",
-        )
+        .query("SELECT count() FROM system.columns WHERE database = ? AND table = ? AND name = ?")
+        .bind(database)
         .bind(table)
         .bind(column)
         .fetch_one()
         .await?;
     Ok(count > 0)
+}
+
+/// The statements that apply `statement`: itself on a single server, its cluster layout on a
+/// cluster.
+fn laid_out(
+    layout: Option<&ClusterLayout>,
+    database: &str,
+    statement: &str,
+) -> Result<Vec<ClusterStatement>, MigrateError> {
+    match layout {
+        Some(layout) => layout.render(statement).map_err(MigrateError::Cluster),
+        None => Ok(vec![ClusterStatement {
+            sql: statement.to_owned(),
+            adds_column: added_column(statement)
+                .map(|(table, column)| (database.to_owned(), table, column)),
+        }]),
+    }
 }
 
 /// FNV-1a 64 of the file text, hex: enough to notice an edited migration.

@@ -1,0 +1,365 @@
+//! The schema on a ClickHouse cluster (`deploy/clickhouse-cluster/README.md`): how each
+//! single-node migration statement of `sql/` is laid out when `clickhouse_cluster` is set.
+//!
+//! Two databases: `<db>_local` holds the shards' own rows of the sharded tables
+//! ([`SHARDED_TABLES`], `ReplicatedMergeTree` under a `{shard}` path), and `<db>` (what the
+//! binaries connect to) holds a `Distributed` table of the same name in front of each, plus
+//! the small tables, each replicated to every node (a path without `{shard}`), and the views.
+//! DDL runs `ON CLUSTER` (once per shard for a replicated table), except an `ALTER` of a table
+//! replicated to every node, which runs once and replicates; data statements run once,
+//! through `<db>`.
+//!
+//! Block deduplication is off on every replicated table (`replicated_deduplication_window =
+//! 0`): exactness comes from claims and commits, and deduplication would silently drop a
+//! legitimate insert identical to an earlier one.
+
+use crate::migrate::quote_identifier;
+
+/// The tables sharded by user, with their sharding key: one user's rows live on one shard.
+pub const SHARDED_TABLES: &[(&str, &str)] = &[
+    ("plays_minute", "cityHash64(user_id)"),
+    ("daily_top", "cityHash64(user_id)"),
+];
+
+/// Where the schema lives on a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterLayout {
+    /// The cluster's name in `remote_servers`.
+    pub cluster: String,
+    /// The database the binaries connect to.
+    pub database: String,
+}
+
+/// One statement of the cluster rendering, and the table whose column it adds (for the
+/// migration runner's "column already there" check), as `(database, table, column)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatement {
+    pub sql: String,
+    pub adds_column: Option<(String, String, String)>,
+}
+
+impl ClusterLayout {
+    pub fn new(cluster: impl Into<String>, database: impl Into<String>) -> Self {
+        Self {
+            cluster: cluster.into(),
+            database: database.into(),
+        }
+    }
+
+    /// The database of the shards' own rows.
+    pub fn local_database(&self) -> String {
+        format!("{}_local", self.database)
+    }
+
+    fn on_cluster(&self) -> String {
+        format!("ON CLUSTER {}", quote_identifier(&self.cluster))
+    }
+
+    fn qualified(&self, database: &str, table: &str) -> String {
+        format!("{}.{}", quote_identifier(database), quote_identifier(table))
+    }
+
+    /// Both databases, on every node.
+    pub fn create_databases(&self) -> Vec<String> {
+        [self.database.clone(), self.local_database()]
+            .iter()
+            .map(|database| {
+                format!(
+                    "CREATE DATABASE IF NOT EXISTS {} {}",
+                    quote_identifier(database),
+                    self.on_cluster()
+                )
+            })
+            .collect()
+    }
+
+    /// The statements that lay out one single-node migration statement on the cluster.
+    pub fn render(&self, statement: &str) -> Result<Vec<ClusterStatement>, String> {
+        let words: Vec<&str> = statement.split_whitespace().collect();
+        let upper: Vec<String> = words.iter().map(|word| word.to_uppercase()).collect();
+        let starts = |prefix: &[&str]| {
+            upper.len() >= prefix.len() && prefix.iter().zip(&upper).all(|(a, b)| a == b)
+        };
+        if starts(&["CREATE", "TABLE", "IF", "NOT", "EXISTS"]) {
+            let name = table_name(words.get(5).copied())?;
+            let rest = after_words(statement, 6);
+            return self.render_create_table(&name, rest);
+        }
+        if starts(&["CREATE", "VIEW", "IF", "NOT", "EXISTS"]) {
+            let name = table_name(words.get(5).copied())?;
+            let rest = after_words(statement, 6);
+            return Ok(vec![plain(format!(
+                "CREATE VIEW IF NOT EXISTS {} {} {}",
+                self.qualified(&self.database, &name),
+                self.on_cluster(),
+                self.qualify_tables(rest)
+            ))]);
+        }
+        if starts(&["ALTER", "TABLE"]) && upper.get(3).is_some_and(|word| word == "ADD") {
+            let name = table_name(words.get(2).copied())?;
+            let column = words
+                .get(5)
+                .filter(|_| upper.get(4).is_some_and(|word| word == "COLUMN"))
+                .ok_or_else(|| format!("cannot lay out on a cluster: {statement}"))?
+                .trim_matches('`')
+                .to_owned();
+            let rest = after_words(statement, 3);
+            if !is_sharded(&name) {
+                // One replica set spans every node: the ALTER replicates to all of them
+                // through ZooKeeper (`ON CLUSTER` would run it once per shard, twice here).
+                return Ok(vec![ClusterStatement {
+                    sql: format!(
+                        "ALTER TABLE {} {rest}",
+                        self.qualified(&self.database, &name),
+                    ),
+                    adds_column: Some((self.database.clone(), name, column)),
+                }]);
+            }
+            // The local tables take the column; the Distributed table in front holds no data
+            // and is made again from them (18.16 refuses ALTER .. ON CLUSTER on a table that
+            // is not replicated when the cluster's shards are).
+            let local = self.local_database();
+            let adds = |database: &str| Some((database.to_owned(), name.clone(), column.clone()));
+            return Ok(vec![
+                ClusterStatement {
+                    sql: format!(
+                        "ALTER TABLE {} {} {rest}",
+                        self.qualified(&local, &name),
+                        self.on_cluster()
+                    ),
+                    adds_column: adds(&local),
+                },
+                ClusterStatement {
+                    sql: format!(
+                        "DROP TABLE IF EXISTS {} {}",
+                        self.qualified(&self.database, &name),
+                        self.on_cluster()
+                    ),
+                    adds_column: adds(&self.database),
+                },
+                ClusterStatement {
+                    sql: self.distributed_table(&name)?,
+                    adds_column: adds(&self.database),
+                },
+            ]);
+        }
+        if starts(&["INSERT", "INTO"]) {
+            return Ok(vec![plain(statement.to_owned())]);
+        }
+        Err(format!(
+            "cannot lay out on a cluster (teach topk_core::cluster this statement): {statement}"
+        ))
+    }
+
+    fn render_create_table(&self, name: &str, rest: &str) -> Result<Vec<ClusterStatement>, String> {
+        let engine_at = rest.find("ENGINE = MergeTree").ok_or_else(|| {
+            format!("table {name}: only `ENGINE = MergeTree` tables are laid out")
+        })?;
+        let (columns, engine) = rest.split_at(engine_at);
+        let engine = engine.trim_start_matches("ENGINE = MergeTree");
+        let settings = if engine.contains("SETTINGS") {
+            return Err(format!(
+                "table {name}: merge its SETTINGS with the cluster's"
+            ));
+        } else {
+            "SETTINGS replicated_deduplication_window = 0"
+        };
+        let database = if is_sharded(name) {
+            self.local_database()
+        } else {
+            self.database.clone()
+        };
+        let shard_path = if is_sharded(name) { "{shard}" } else { "all" };
+        let mut rendered = vec![plain(format!(
+            "CREATE TABLE IF NOT EXISTS {} {} {columns}ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard_path}/{database}/{name}', '{{replica}}'){engine} {settings}",
+            self.qualified(&database, name),
+            self.on_cluster(),
+            engine = engine.trim_end(),
+        ))];
+        if is_sharded(name) {
+            rendered.push(plain(self.distributed_table(name)?));
+        }
+        Ok(rendered)
+    }
+}
+
+impl ClusterLayout {
+    /// Names every table after `FROM` or `JOIN` with the database: each node runs `ON
+    /// CLUSTER` DDL in its default database, not the initiator's.
+    fn qualify_tables(&self, sql: &str) -> String {
+        let mut out = String::with_capacity(sql.len() + 64);
+        let mut previous_keyword = false;
+        let mut rest = sql;
+        while !rest.is_empty() {
+            let word_start = rest
+                .find(|c: char| !c.is_whitespace())
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..word_start]);
+            rest = &rest[word_start..];
+            if rest.is_empty() {
+                break;
+            }
+            let word_end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+            let word = &rest[..word_end];
+            let bare = word.trim_end_matches([',', ')', ';']);
+            let is_table = previous_keyword
+                && !bare.is_empty()
+                && bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if is_table {
+                out.push_str(&self.qualified(&self.database, bare));
+                out.push_str(&word[bare.len()..]);
+            } else {
+                out.push_str(word);
+            }
+            previous_keyword = matches!(word.to_uppercase().as_str(), "FROM" | "JOIN");
+            rest = &rest[word_end..];
+        }
+        out
+    }
+
+    /// The `Distributed` table in front of a sharded table's local tables.
+    fn distributed_table(&self, name: &str) -> Result<String, String> {
+        let (_, key) = SHARDED_TABLES
+            .iter()
+            .find(|(table, _)| *table == name)
+            .ok_or_else(|| format!("{name} is not sharded"))?;
+        let local = self.local_database();
+        Ok(format!(
+            "CREATE TABLE IF NOT EXISTS {} {} AS {} ENGINE = Distributed({}, {}, {}, {key})",
+            self.qualified(&self.database, name),
+            self.on_cluster(),
+            self.qualified(&local, name),
+            quote_identifier(&self.cluster),
+            quote_identifier(&local),
+            quote_identifier(name),
+        ))
+    }
+}
+
+fn plain(sql: String) -> ClusterStatement {
+    ClusterStatement {
+        sql,
+        adds_column: None,
+    }
+}
+
+pub fn is_sharded(table: &str) -> bool {
+    SHARDED_TABLES.iter().any(|(name, _)| *name == table)
+}
+
+fn table_name(word: Option<&str>) -> Result<String, String> {
+    let word = word.ok_or("a statement without a table name")?;
+    let name = word.trim_matches('`');
+    if name.contains('.') || name.is_empty() {
+        return Err(format!(
+            "`{word}`: migrations name tables without a database"
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// The text after the first `count` whitespace-separated words, layout kept.
+fn after_words(statement: &str, count: usize) -> &str {
+    let mut rest = statement.trim_start();
+    for _ in 0..count {
+        let end = rest.find(char::is_whitespace).unwrap_or(rest.len());
+        rest = rest[end..].trim_start();
+    }
+    rest
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::migrate::{statements, MIGRATIONS};
+
+    fn layout() -> ClusterLayout {
+        ClusterLayout::new("topk", "topk")
+    }
+
+    #[test]
+    fn a_sharded_table_is_replicated_per_shard_behind_a_distributed_table() {
+        let rendered = layout()
+            .render("CREATE TABLE IF NOT EXISTS plays_minute\n(\n    user_id String\n)\nENGINE = MergeTree\nPARTITION BY toDate(minute)\nORDER BY (user_id, minute)")
+            .unwrap();
+        assert_eq!(rendered.len(), 2);
+        assert!(rendered[0].sql.starts_with(
+            "CREATE TABLE IF NOT EXISTS `topk_local`.`plays_minute` ON CLUSTER `topk` (\n    user_id String\n)\nENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/topk_local/plays_minute', '{replica}')\nPARTITION BY toDate(minute)\nORDER BY (user_id, minute) SETTINGS replicated_deduplication_window = 0"
+        ), "{}", rendered[0].sql);
+        assert_eq!(
+            rendered[1].sql,
+            "CREATE TABLE IF NOT EXISTS `topk`.`plays_minute` ON CLUSTER `topk` AS `topk_local`.`plays_minute` ENGINE = Distributed(`topk`, `topk_local`, `plays_minute`, cityHash64(user_id))"
+        );
+    }
+
+    #[test]
+    fn a_small_table_is_replicated_to_every_node() {
+        let rendered = layout()
+            .render(
+                "CREATE TABLE IF NOT EXISTS flush_commits (x UInt8) ENGINE = MergeTree ORDER BY x",
+            )
+            .unwrap();
+        assert_eq!(rendered.len(), 1);
+        assert!(rendered[0]
+            .sql
+            .contains("`topk`.`flush_commits` ON CLUSTER `topk` (x UInt8) ENGINE = ReplicatedMergeTree('/clickhouse/tables/all/topk/flush_commits', '{replica}') ORDER BY x"));
+    }
+
+    #[test]
+    fn an_added_column_reaches_the_local_and_the_distributed_table() {
+        let rendered = layout()
+            .render("ALTER TABLE plays_minute ADD COLUMN flush_seq UInt64 DEFAULT flush_offset")
+            .unwrap();
+        let sql: Vec<&str> = rendered.iter().map(|s| s.sql.as_str()).collect();
+        assert_eq!(
+            sql,
+            [
+                "ALTER TABLE `topk_local`.`plays_minute` ON CLUSTER `topk` ADD COLUMN flush_seq UInt64 DEFAULT flush_offset",
+                "DROP TABLE IF EXISTS `topk`.`plays_minute` ON CLUSTER `topk`",
+                "CREATE TABLE IF NOT EXISTS `topk`.`plays_minute` ON CLUSTER `topk` AS `topk_local`.`plays_minute` ENGINE = Distributed(`topk`, `topk_local`, `plays_minute`, cityHash64(user_id))",
+            ]
+        );
+        assert_eq!(
+            rendered[0].adds_column,
+            Some((
+                "topk_local".into(),
+                "plays_minute".into(),
+                "flush_seq".into()
+            ))
+        );
+    }
+
+    #[test]
+    fn a_column_added_to_a_small_table_is_added_once_and_replicated() {
+        let rendered = layout()
+            .render("ALTER TABLE rollup_progress ADD COLUMN snapshot_id UInt64 DEFAULT 0")
+            .unwrap();
+        assert_eq!(rendered.len(), 1);
+        assert_eq!(
+            rendered[0].sql,
+            "ALTER TABLE `topk`.`rollup_progress` ADD COLUMN snapshot_id UInt64 DEFAULT 0"
+        );
+    }
+
+    #[test]
+    fn a_view_names_its_tables_with_the_database() {
+        let rendered = layout()
+            .render("CREATE VIEW IF NOT EXISTS v AS\nSELECT a FROM plays_minute\nANY LEFT JOIN (SELECT b FROM system.tables) USING (a) WHERE x IN (SELECT y FROM ingest_claims)")
+            .unwrap();
+        assert_eq!(
+            rendered[0].sql,
+            "CREATE VIEW IF NOT EXISTS `topk`.`v` ON CLUSTER `topk` AS\nSELECT a FROM `topk`.`plays_minute`\nANY LEFT JOIN (SELECT b FROM system.tables) USING (a) WHERE x IN (SELECT y FROM `topk`.`ingest_claims`)"
+        );
+    }
+
+    #[test]
+    fn every_migration_statement_can_be_laid_out() {
+        for migration in MIGRATIONS {
+            for statement in statements(migration.sql) {
+                layout()
+                    .render(&statement)
+                    .unwrap_or_else(|error| panic!("{}: {error}", migration.name));
+            }
+        }
+    }
+}
