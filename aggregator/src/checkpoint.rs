@@ -75,6 +75,7 @@
 //! network and lands late is refused by the server unless its parent is still the newest.
 
 use std::time::Duration;
+use topk_core::cluster::Placement;
 
 use topk_core::schema::PLAYS_MINUTE;
 
@@ -130,9 +131,14 @@ pub async fn kill_queries(
 
 /// Removes, in the background, the minute rows of `claim_id` above flush `above_seq`: rows
 /// of a flush that will never count (see [`remove_uncommitted_rows`]).
-pub fn spawn_cleanup(client: clickhouse::Client, claim_id: u64, above_seq: u64) {
+pub fn spawn_cleanup(
+    client: clickhouse::Client,
+    placement: Placement,
+    claim_id: u64,
+    above_seq: u64,
+) {
     tokio::spawn(async move {
-        match remove_uncommitted_rows(&client, claim_id, above_seq).await {
+        match remove_uncommitted_rows(&client, &placement, claim_id, above_seq).await {
             Ok(()) => tracing::info!(
                 claim = claim_id,
                 above_seq,
@@ -147,16 +153,19 @@ pub fn spawn_cleanup(client: clickhouse::Client, claim_id: u64, above_seq: u64) 
 
 /// Deletes the minute rows of `claim_id` with `flush_seq > above_seq` and waits for this
 /// mutation only. Always issued (never skipped because a count said 0): the rows never
-/// count either way, this only frees their space.
+/// count either way, this only frees their space. On a cluster the DELETE runs on every
+/// shard's local table (`ON CLUSTER`), and the wait looks at one replica of each shard.
 pub async fn remove_uncommitted_rows(
     client: &clickhouse::Client,
+    placement: &Placement,
     claim_id: u64,
     above_seq: u64,
 ) -> Result<(), clickhouse::error::Error> {
     // Literal numbers, so that this mutation can be told apart in system.mutations.
     client
         .query(&format!(
-            "ALTER TABLE {PLAYS_MINUTE} DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}"
+            "ALTER TABLE {} DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}",
+            placement.alter_target(PLAYS_MINUTE)
         ))
         .execute()
         .await?;
@@ -166,11 +175,10 @@ pub async fn remove_uncommitted_rows(
     let deadline = tokio::time::Instant::now() + CLEANUP_TIMEOUT;
     loop {
         let pending: u64 = client
-            .query(
-                "SELECT count() FROM system.mutations WHERE database = currentDatabase() \
-                 AND table = ? AND is_done = 0 AND match(command, ?)",
-            )
-            .bind(PLAYS_MINUTE)
+            .query(&format!(
+                "SELECT count() {} AND is_done = 0 AND match(command, ?)",
+                placement.system_rows_of("mutations", PLAYS_MINUTE)
+            ))
             .bind(&ours)
             .fetch_one()
             .await?;

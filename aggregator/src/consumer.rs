@@ -49,6 +49,7 @@ const ASSIGN_TIMEOUT: Duration = Duration::from_secs(240);
 pub struct AggregatorContext {
     runtime: Handle,
     clickhouse: clickhouse::Client,
+    placement: topk_core::cluster::Placement,
     owner: ClaimOwner,
     topic: String,
     shards: Vec<mpsc::Sender<ShardCommand>>,
@@ -255,6 +256,7 @@ impl AggregatorContext {
                         );
                         spawn_cleanup(
                             self.clickhouse.clone(),
+                            self.placement.clone(),
                             claim.parent_claim_id,
                             claim.parent_max_seq,
                         );
@@ -395,6 +397,7 @@ pub struct PollerParts {
     pub requests: std::sync::mpsc::Receiver<PollerRequest>,
     pub health: Arc<Health>,
     pub clickhouse: clickhouse::Client,
+    pub placement: topk_core::cluster::Placement,
     pub owner: ClaimOwner,
 }
 
@@ -407,6 +410,7 @@ impl Poller {
         let context = AggregatorContext {
             runtime,
             clickhouse: parts.clickhouse,
+            placement: parts.placement,
             owner: parts.owner,
             topic: config.plays_topic.clone(),
             shards: parts.shards.clone(),

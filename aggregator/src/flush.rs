@@ -92,6 +92,8 @@ impl RunningQueries {
 #[derive(Clone)]
 pub struct FlushTarget {
     pub client: clickhouse::Client,
+    /// Where the cleanup of uncommitted rows runs (every shard on a cluster).
+    pub placement: topk_core::cluster::Placement,
     pub owner: ClaimOwner,
     pub dead_letters: DeadLetterQueue,
     /// Where raw records are archived, when archiving is on.
@@ -327,7 +329,12 @@ impl FlushTarget {
                 ));
                 continue;
             }
-            spawn_cleanup(self.client.clone(), old_claim, claim.parent_max_seq);
+            spawn_cleanup(
+                self.client.clone(),
+                self.placement.clone(),
+                old_claim,
+                claim.parent_max_seq,
+            );
             if claim.resume.counted_through != flush.previous_offset {
                 tracing::warn!(
                     partition = flush.partition,

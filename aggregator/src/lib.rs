@@ -101,6 +101,7 @@ pub async fn run(
     let settings = ShardSettings {
         target: FlushTarget {
             client: clickhouse.clone(),
+            placement: config.clickhouse.placement(),
             owner: owner.clone(),
             dead_letters: dead_letters.clone(),
             archive,
@@ -134,6 +135,7 @@ pub async fn run(
             requests,
             health: health.clone(),
             clickhouse: clickhouse.clone(),
+            placement: config.clickhouse.placement(),
             owner,
         },
     )?;

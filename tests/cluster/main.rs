@@ -3,6 +3,8 @@
 //! takes seconds once ZooKeeper is installed). Their own binary, like the outage tests, so
 //! the cluster's four servers are not started beside the `it` suite.
 
+mod cleanup;
+mod pipeline;
 mod schema;
 
 use std::process::Command;

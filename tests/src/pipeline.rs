@@ -42,6 +42,35 @@ impl Pipeline {
         }
     }
 
+    /// A pipeline whose database is laid out on the ClickHouse cluster `cluster`, reached at
+    /// `clickhouse_url` (one of its nodes), written with `insert_distributed_sync = 1` (a
+    /// flush's rows are on their shards before its commit is written).
+    pub async fn on_cluster(
+        test_name: &str,
+        partitions: i32,
+        clickhouse_url: &str,
+        cluster: &str,
+    ) -> Self {
+        let clickhouse = stack::fresh_cluster_database(test_name, clickhouse_url, cluster).await;
+        let topic = stack::fresh_topic(test_name, partitions).await;
+        let dead_letter_topic = stack::fresh_topic(&format!("{test_name}_dlq"), 1).await;
+        Self {
+            clickhouse,
+            group: format!("{topic}-aggregators"),
+            topic,
+            dead_letter_topic,
+            partitions,
+            produced: Default::default(),
+        }
+    }
+
+    /// This pipeline's ClickHouse options with another endpoint (another node of a cluster).
+    pub fn through(&self, clickhouse_url: &str) -> Self {
+        let mut other = self.clone();
+        other.clickhouse.clickhouse_url = clickhouse_url.to_owned();
+        other
+    }
+
     /// Arguments for `topk-aggregator` with a short flush interval and no metrics port.
     pub fn aggregator_args(&self, extra: &[&str]) -> Vec<String> {
         self.aggregator_args_to(&self.clickhouse.clickhouse_url, extra)
@@ -83,6 +112,15 @@ impl Pipeline {
         .iter()
         .map(|arg| (*arg).to_owned())
         .collect();
+        let mut defaults = defaults;
+        if !self.clickhouse.clickhouse_cluster.is_empty() {
+            defaults.extend([
+                "--clickhouse-cluster".to_owned(),
+                self.clickhouse.clickhouse_cluster.clone(),
+                "--clickhouse-settings".to_owned(),
+                self.clickhouse.clickhouse_settings.join(","),
+            ]);
+        }
         // A flag in `extra` replaces its default (clap refuses a flag given twice).
         let mut args: Vec<String> = defaults
             .chunks(2)

@@ -86,6 +86,35 @@ pub async fn fresh_database(test_name: &str) -> ClickHouseOptions {
     options
 }
 
+/// A fresh database laid out on the ClickHouse cluster `cluster` (both databases dropped on
+/// every node first), reached at `clickhouse_url`, written with `insert_distributed_sync = 1`.
+pub async fn fresh_cluster_database(
+    test_name: &str,
+    clickhouse_url: &str,
+    cluster: &str,
+) -> ClickHouseOptions {
+    let mut options = ClickHouseOptions::new(clickhouse_url, resource_name("topk_test", test_name));
+    options.clickhouse_cluster = cluster.to_owned();
+    options.clickhouse_settings = vec!["insert_distributed_sync=1".to_owned()];
+    let layout = options.cluster_layout().expect("a cluster");
+    for database in [layout.database.clone(), layout.local_database()] {
+        options
+            .server_client()
+            .query(&format!(
+                "DROP DATABASE IF EXISTS {} ON CLUSTER {}",
+                quote_identifier(&database),
+                quote_identifier(cluster)
+            ))
+            .execute()
+            .await
+            .unwrap_or_else(|error| panic!("dropping {database} on cluster {cluster}: {error}"));
+    }
+    topk_core::migrate::migrate(&options)
+        .await
+        .expect("migrations apply to a fresh cluster database");
+    options
+}
+
 /// A new topic with `partitions` partitions, named after the test plus a unique suffix (the
 /// broker keeps topics of earlier runs).
 pub async fn fresh_topic(test_name: &str, partitions: i32) -> String {

@@ -62,7 +62,12 @@ impl AppState {
         let permits = usize::try_from(config.max_concurrent_requests).unwrap_or(usize::MAX);
         Ok(Self {
             shared: Arc::new(Shared {
-                store: Store::new(client, config.query_timeout(), config.rolled_days_cache()),
+                store: Store::new(
+                    client,
+                    config.clickhouse.placement(),
+                    config.query_timeout(),
+                    config.rolled_days_cache(),
+                ),
                 authenticator: Authenticator::from_config(config)?,
                 metrics_handle: metrics_handle(),
                 in_flight: Arc::new(Semaphore::new(permits)),

@@ -36,6 +36,7 @@ use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
+use topk_core::cluster::Placement;
 use topk_core::committed::CommittedFlushes;
 use topk_core::schema::{RollupProgressRow, DAILY_TOP, PLAYS_MINUTE};
 use topk_core::snapshots::{days_with_new_commits, latest_rollups, DayHeads};
@@ -50,14 +51,21 @@ pub struct Store {
     client: clickhouse::Client,
     query_timeout: Duration,
     plans: ReadPlanCache,
+    placement: Placement,
 }
 
 impl Store {
-    pub fn new(client: clickhouse::Client, query_timeout: Duration, plan_ttl: Duration) -> Self {
+    pub fn new(
+        client: clickhouse::Client,
+        placement: Placement,
+        query_timeout: Duration,
+        plan_ttl: Duration,
+    ) -> Self {
         Self {
             client,
             query_timeout,
             plans: ReadPlanCache::new(plan_ttl),
+            placement,
         }
     }
 
@@ -156,7 +164,12 @@ impl Store {
     async fn window_plan(&self, window: &Window) -> Result<WindowPlan, AppError> {
         let read_plan = self
             .plans
-            .get(&self.client, window.from.date_naive(), window.today())
+            .get(
+                &self.client,
+                &self.placement,
+                window.from.date_naive(),
+                window.today(),
+            )
             .await?;
         Ok(WindowPlan::new(window, &read_plan))
     }
@@ -212,6 +225,7 @@ impl ReadPlan {
     /// Reads the plan of the days from `first_day` to `last_day`.
     pub async fn read(
         client: &clickhouse::Client,
+        placement: &Placement,
         first_day: NaiveDate,
         last_day: NaiveDate,
     ) -> Result<Self, AppError> {
@@ -240,11 +254,11 @@ impl ReadPlan {
         let partitions: Vec<String> = timed(
             "minute_days",
             client
-                .query(
-                    "SELECT DISTINCT partition_id FROM system.parts \
-                     WHERE database = currentDatabase() AND table = ? AND active",
-                )
-                .bind(PLAYS_MINUTE)
+                // Every shard's parts on a cluster.
+                .query(&format!(
+                    "SELECT DISTINCT partition_id {} AND active",
+                    placement.system_rows_of("parts", PLAYS_MINUTE)
+                ))
                 .fetch_all(),
         )
         .await?;
@@ -566,6 +580,7 @@ impl ReadPlanCache {
     async fn get(
         &self,
         client: &clickhouse::Client,
+        placement: &Placement,
         first_day: NaiveDate,
         last_day: NaiveDate,
     ) -> Result<ReadPlan, AppError> {
@@ -578,7 +593,7 @@ impl ReadPlanCache {
             return Ok(plan);
         }
         let read_at = Instant::now();
-        let plan = ReadPlan::read(client, first_day, last_day).await?;
+        let plan = ReadPlan::read(client, placement, first_day, last_day).await?;
         *self
             .cached
             .write()

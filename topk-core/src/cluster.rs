@@ -236,6 +236,49 @@ impl ClusterLayout {
     }
 }
 
+/// Where statements that reach below the tables go: the parts and mutations of a table's data,
+/// and the table an `ALTER` changes. On a single server the table itself; on a cluster a
+/// sharded table's data lives in `<db>_local` on every shard.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Placement {
+    #[default]
+    SingleNode,
+    Cluster(ClusterLayout),
+}
+
+impl Placement {
+    /// `FROM system.<system_table> WHERE` (its rows about `table`'s data, every shard's on a
+    /// cluster), ready for more conditions after `AND`.
+    pub fn system_rows_of(&self, system_table: &str, table: &str) -> String {
+        let table_literal = format!("'{}'", table.replace('\\', "\\\\").replace('\'', "\\'"));
+        match self {
+            Placement::Cluster(layout) if is_sharded(table) => format!(
+                "FROM cluster('{}', system.{system_table}) WHERE database = '{}' AND table = {table_literal}",
+                layout.cluster.replace('\'', ""),
+                layout.local_database().replace('\'', ""),
+            ),
+            _ => format!(
+                "FROM system.{system_table} WHERE database = currentDatabase() AND table = {table_literal}"
+            ),
+        }
+    }
+
+    /// The table an `ALTER` of `table`'s data names: on a cluster the local tables of a
+    /// sharded table on every shard (`ON CLUSTER`), or a table replicated to every node
+    /// (one `ALTER` replicates).
+    pub fn alter_target(&self, table: &str) -> String {
+        match self {
+            Placement::Cluster(layout) if is_sharded(table) => format!(
+                "{} {}",
+                layout.qualified(&layout.local_database(), table),
+                layout.on_cluster()
+            ),
+            Placement::Cluster(layout) => layout.qualified(&layout.database, table),
+            Placement::SingleNode => quote_identifier(table),
+        }
+    }
+}
+
 fn plain(sql: String) -> ClusterStatement {
     ClusterStatement {
         sql,
@@ -338,6 +381,31 @@ mod tests {
         assert_eq!(
             rendered[0].sql,
             "ALTER TABLE `topk`.`rollup_progress` ADD COLUMN snapshot_id UInt64 DEFAULT 0"
+        );
+    }
+
+    #[test]
+    fn a_sharded_table_is_altered_and_inspected_on_every_shard() {
+        let placement = Placement::Cluster(layout());
+        assert_eq!(
+            placement.alter_target("plays_minute"),
+            "`topk_local`.`plays_minute` ON CLUSTER `topk`"
+        );
+        assert_eq!(
+            placement.alter_target("rollup_progress"),
+            "`topk`.`rollup_progress`"
+        );
+        assert_eq!(
+            placement.system_rows_of("parts", "plays_minute"),
+            "FROM cluster('topk', system.parts) WHERE database = 'topk_local' AND table = 'plays_minute'"
+        );
+        assert_eq!(
+            Placement::SingleNode.system_rows_of("parts", "plays_minute"),
+            "FROM system.parts WHERE database = currentDatabase() AND table = 'plays_minute'"
+        );
+        assert_eq!(
+            Placement::SingleNode.alter_target("daily_top"),
+            "`daily_top`"
         );
     }
 

@@ -52,8 +52,12 @@ pub struct ClickHouseOptions {
 }
 
 /// Accepts `name=value` with a setting name of letters, digits and underscores.
+/// An empty value (e.g. `TOPK_CLICKHOUSE_SETTINGS=`) sets nothing.
 fn parse_setting(pair: &str) -> Result<String, String> {
     let pair = pair.trim();
+    if pair.is_empty() {
+        return Ok(String::new());
+    }
     let (name, value) = pair
         .split_once('=')
         .ok_or_else(|| format!("ClickHouse setting `{pair}` is not name=value"))?;
@@ -81,6 +85,14 @@ impl ClickHouseOptions {
         (!self.clickhouse_cluster.is_empty()).then(|| {
             crate::cluster::ClusterLayout::new(&self.clickhouse_cluster, &self.clickhouse_database)
         })
+    }
+
+    /// Where statements below the tables go (see [`crate::cluster::Placement`]).
+    pub fn placement(&self) -> crate::cluster::Placement {
+        self.cluster_layout().map_or(
+            crate::cluster::Placement::SingleNode,
+            crate::cluster::Placement::Cluster,
+        )
     }
 
     /// A client bound to the topk database.
@@ -136,6 +148,7 @@ mod tests {
             Ok("log_queries=1".to_owned())
         );
         assert!(parse_setting("log_queries").is_err());
+        assert_eq!(parse_setting(""), Ok(String::new()));
         assert!(parse_setting("=1").is_err());
         assert!(parse_setting("max execution=1").is_err());
     }

@@ -1,0 +1,122 @@
+//! The whole pipeline on the cluster: Zipf traffic with duplicates, late and malformed events
+//! counted by an aggregator writing through `Distributed` tables, rolled up, and answered by
+//! the API, each checked against the brute force and against the same events run through the
+//! single-node stack.
+
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use clickhouse::Row;
+use serde::Deserialize;
+use topk_core::db::ClickHouseOptions;
+use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
+use topk_tests::pipeline::Pipeline;
+
+use crate::{cluster_up, CLUSTER};
+
+#[derive(Debug, Row, Deserialize, PartialEq, Eq)]
+struct DailyTopRow {
+    #[serde(with = "clickhouse::serde::chrono::date")]
+    day: NaiveDate,
+    user_id: String,
+    rank: u16,
+    song_id: String,
+    plays: u64,
+    user_songs: u64,
+    user_truncated: u8,
+    user_cutoff_plays: u64,
+}
+
+/// The rows of each day's current snapshot (what readers read). `GLOBAL IN`: on a cluster a
+/// plain `IN` subquery runs on each shard, in its default database.
+async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
+    options
+        .client()
+        .query(
+            "SELECT day, user_id, rank, song_id, plays, user_songs, user_truncated, \
+             user_cutoff_plays FROM daily_top WHERE (day, snapshot_id) GLOBAL IN \
+             (SELECT day, max(snapshot_id) FROM rollup_progress GROUP BY day) \
+             ORDER BY day, user_id, rank",
+        )
+        .fetch_all()
+        .await
+        .unwrap_or_else(|error| panic!("daily_top through {}: {error}", options.clickhouse_url))
+}
+
+fn rollup(options: &ClickHouseOptions) {
+    let mut command = std::process::Command::new(topk_tests::process::binary_path("topk-rollup"));
+    command
+        .env("TOPK_CLICKHOUSE_URL", &options.clickhouse_url)
+        .env("TOPK_CLICKHOUSE_DATABASE", &options.clickhouse_database)
+        .env("TOPK_CLICKHOUSE_CLUSTER", &options.clickhouse_cluster)
+        .env(
+            "TOPK_CLICKHOUSE_SETTINGS",
+            options.clickhouse_settings.join(","),
+        )
+        .env("RUST_LOG", "warn")
+        .arg("run")
+        .stdout(std::process::Stdio::null());
+    let status = command.status().expect("run topk-rollup");
+    assert!(
+        status.success(),
+        "topk-rollup run on {}",
+        options.clickhouse_url
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single_node() {
+    let urls = cluster_up();
+    let cluster = Pipeline::on_cluster("cluster_pipeline", 4, &urls[0], CLUSTER).await;
+    let single = Pipeline::new("cluster_pipeline_single_node", 4).await;
+    let mut spec = GeneratorSpec::new(30_000, Utc::now());
+    spec.users = 1_500;
+    spec.songs = 4_000;
+    spec.seed = 12;
+    spec.late_share = 0.3;
+    let messages = generate(&spec);
+    let expected = expected_minute_counts(&messages);
+
+    let mut on_cluster = cluster.start_aggregator("cluster", &[]);
+    let mut on_single_node = single.start_aggregator("single-node", &[]);
+    cluster.produce(&messages).await;
+    single.produce(&messages).await;
+    cluster.wait_until_drained(Duration::from_secs(180)).await;
+    single.wait_until_drained(Duration::from_secs(180)).await;
+
+    // Counted exactly, and every node answers the same through the Distributed tables.
+    for url in &urls {
+        cluster
+            .through(url)
+            .assert_counts_equal(&expected, &on_cluster)
+            .await;
+    }
+    single.assert_counts_equal(&expected, &on_single_node).await;
+
+    // The rollup on the cluster (run through another node) equals the single node's.
+    rollup(&cluster.through(&urls[1]).clickhouse);
+    rollup(&single.clickhouse);
+    let reference = daily_top(&single.clickhouse).await;
+    assert!(
+        !reference.is_empty(),
+        "the generator spreads plays over past days"
+    );
+    for url in &urls {
+        let rows = daily_top(&cluster.through(url).clickhouse).await;
+        assert_eq!(rows.len(), reference.len(), "daily_top rows through {url}");
+        assert!(
+            rows == reference,
+            "daily_top through {url} differs from the single node's"
+        );
+    }
+
+    // The API on a node of the other shard answers every user exactly.
+    topk_tests::api::assert_api_equals_brute_force(
+        &cluster.through(&urls[3]).clickhouse,
+        &expected,
+    )
+    .await;
+
+    assert_eq!(on_cluster.terminate(Duration::from_secs(30)), Some(0));
+    assert_eq!(on_single_node.terminate(Duration::from_secs(30)), Some(0));
+}
