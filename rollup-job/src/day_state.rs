@@ -113,6 +113,7 @@ pub(crate) fn next_day(day: NaiveDate) -> NaiveDate {
 /// What to do with each of `days` (sorted, oldest first).
 pub async fn plan_days(
     client: &clickhouse::Client,
+    placement: &topk_core::cluster::Placement,
     days: &[NaiveDate],
     backfill: bool,
 ) -> Result<Vec<(NaiveDate, DayAction)>, RollupError> {
@@ -124,7 +125,7 @@ pub async fn plan_days(
         .map_err(clickhouse_error(format!(
             "reading rollup progress of {first}..={last}"
         )))?;
-    let minute_days: BTreeSet<NaiveDate> = list_day_partitions(client, PLAYS_MINUTE)
+    let minute_days: BTreeSet<NaiveDate> = list_day_partitions(client, placement, PLAYS_MINUTE)
         .await?
         .into_iter()
         .collect();

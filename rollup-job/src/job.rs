@@ -2,6 +2,7 @@
 //! summary line per day the operator reads.
 
 use std::fmt;
+use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use topk_core::schema::RollupProgressRow;
@@ -83,6 +84,9 @@ impl fmt::Display for DayOutcome {
 #[derive(Clone)]
 pub struct RollupJob {
     pub client: clickhouse::Client,
+    /// Where partitions are listed and dropped and old snapshots deleted (every shard on a
+    /// cluster).
+    pub placement: Placement,
     /// Places the window: `run` covers the complete days of the 7 days ending here.
     pub now: DateTime<Utc>,
     /// Report what would be done, change nothing.
@@ -95,6 +99,7 @@ impl RollupJob {
     pub fn new(client: clickhouse::Client, now: DateTime<Utc>) -> Self {
         Self {
             client,
+            placement: Placement::SingleNode,
             now,
             dry_run: false,
             slices: DEFAULT_SLICES,
@@ -130,6 +135,7 @@ impl RollupJob {
     ) -> Result<Vec<PruneOutcome>, RollupError> {
         prune(
             &self.client,
+            &self.placement,
             self.now,
             daily_retention_days,
             self.dry_run,
@@ -144,7 +150,7 @@ impl RollupJob {
         backfill: bool,
         mut on_day: impl FnMut(&DayOutcome),
     ) -> Result<Vec<DayOutcome>, RollupError> {
-        let plan = plan_days(&self.client, days, backfill).await?;
+        let plan = plan_days(&self.client, &self.placement, days, backfill).await?;
         let mut outcomes = Vec::with_capacity(plan.len());
         for (index, (day, action)) in plan.into_iter().enumerate() {
             let result = match action {
@@ -185,7 +191,9 @@ impl RollupJob {
     /// Deletes the day's superseded snapshots (cleanup: readers only read the current one),
     /// logging a failure instead of failing the run.
     async fn delete_superseded(&self, day: NaiveDate, current: u64) {
-        match delete_superseded_snapshots(&self.client, day, current, Utc::now()).await {
+        match delete_superseded_snapshots(&self.client, &self.placement, day, current, Utc::now())
+            .await
+        {
             Ok(0) => {}
             Ok(rows) => tracing::info!(%day, rows, "superseded snapshots deleted"),
             Err(error) => tracing::warn!(%day, %error, "deleting superseded snapshots failed"),
@@ -235,6 +243,7 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
     }
     let job = RollupJob {
         client: config.clickhouse.client(),
+        placement: config.clickhouse.placement(),
         now,
         dry_run: config.dry_run,
         slices: config.rollup_slices,

@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
 use topk_core::schema::{DAILY_TOP, PLAYS_MINUTE};
@@ -174,24 +175,25 @@ impl fmt::Display for PruneOutcome {
 /// Lists what is there, plans, and (unless `dry_run`) drops; reports each step as it goes.
 pub async fn prune(
     client: &clickhouse::Client,
+    placement: &Placement,
     now: DateTime<Utc>,
     daily_retention_days: u32,
     dry_run: bool,
     mut on_step: impl FnMut(&PruneOutcome),
 ) -> Result<Vec<PruneOutcome>, RollupError> {
-    let minute_partitions = list_day_partitions(client, PLAYS_MINUTE).await?;
+    let minute_partitions = list_day_partitions(client, placement, PLAYS_MINUTE).await?;
     let old_days: Vec<NaiveDate> = minute_partitions
         .iter()
         .copied()
         .filter(|day| *day < first_minute_day_kept(now))
         .collect();
-    let old_day_actions = plan_days(client, &old_days, false)
+    let old_day_actions = plan_days(client, placement, &old_days, false)
         .await?
         .into_iter()
         .collect();
     let inputs = PruneInputs {
         minute_partitions,
-        daily_partitions: list_day_partitions(client, DAILY_TOP).await?,
+        daily_partitions: list_day_partitions(client, placement, DAILY_TOP).await?,
         old_day_actions,
         staging_tables: list_staging_tables(client).await?,
     };
@@ -200,7 +202,7 @@ pub async fn prune(
         let result = if dry_run || !step.changes_something() {
             Ok(false)
         } else {
-            perform(client, &step).await.map(|()| true)
+            perform(client, placement, &step).await.map(|()| true)
         };
         let outcome = PruneOutcome { step, result };
         on_step(&outcome);
@@ -209,7 +211,11 @@ pub async fn prune(
     Ok(outcomes)
 }
 
-async fn perform(client: &clickhouse::Client, step: &PruneStep) -> Result<(), RollupError> {
+async fn perform(
+    client: &clickhouse::Client,
+    placement: &Placement,
+    step: &PruneStep,
+) -> Result<(), RollupError> {
     let (table, day) = match step {
         PruneStep::DropMinutePartition(day) => (PLAYS_MINUTE, *day),
         PruneStep::DropDailyPartition(day) => (DAILY_TOP, *day),
@@ -218,7 +224,8 @@ async fn perform(client: &clickhouse::Client, step: &PruneStep) -> Result<(), Ro
     };
     client
         .query(&format!(
-            "ALTER TABLE {table} DROP PARTITION ID '{}'",
+            "ALTER TABLE {} DROP PARTITION ID '{}'",
+            placement.alter_target(table),
             partition_id(day)
         ))
         .execute()
@@ -228,17 +235,18 @@ async fn perform(client: &clickhouse::Client, step: &PruneStep) -> Result<(), Ro
         )))
 }
 
-/// The days of the active partitions of a table partitioned by day, oldest first.
+/// The days of the active partitions of a table partitioned by day, oldest first (on a
+/// cluster, of any shard).
 pub async fn list_day_partitions(
     client: &clickhouse::Client,
+    placement: &Placement,
     table: &str,
 ) -> Result<Vec<NaiveDate>, RollupError> {
     let partition_ids: Vec<String> = client
-        .query(
-            "SELECT DISTINCT partition_id FROM system.parts \
-             WHERE database = currentDatabase() AND table = ? AND active ORDER BY partition_id",
-        )
-        .bind(table)
+        .query(&format!(
+            "SELECT DISTINCT partition_id {} AND active ORDER BY partition_id",
+            placement.system_rows_of("parts", table)
+        ))
         .fetch_all()
         .await
         .map_err(clickhouse_error(format!(

@@ -249,6 +249,7 @@ async fn write_snapshot(
 /// for deletion (0: nothing to do, or too early).
 pub async fn delete_superseded_snapshots(
     client: &clickhouse::Client,
+    placement: &topk_core::cluster::Placement,
     day: NaiveDate,
     current: u64,
     clock_now: DateTime<Utc>,
@@ -275,7 +276,8 @@ pub async fn delete_superseded_snapshots(
     }
     client
         .query(&format!(
-            "ALTER TABLE {DAILY_TOP} DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}"
+            "ALTER TABLE {} DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}",
+            placement.alter_target(DAILY_TOP)
         ))
         .execute()
         .await

@@ -44,6 +44,10 @@ async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
 }
 
 fn rollup(options: &ClickHouseOptions) {
+    rollup_with(options, &["run"]);
+}
+
+fn rollup_with(options: &ClickHouseOptions, args: &[&str]) {
     let mut command = std::process::Command::new(topk_tests::process::binary_path("topk-rollup"));
     command
         .env("TOPK_CLICKHOUSE_URL", &options.clickhouse_url)
@@ -54,7 +58,7 @@ fn rollup(options: &ClickHouseOptions) {
             options.clickhouse_settings.join(","),
         )
         .env("RUST_LOG", "warn")
-        .arg("run")
+        .args(args)
         .stdout(std::process::Stdio::null());
     let status = command.status().expect("run topk-rollup");
     assert!(
@@ -119,4 +123,42 @@ async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single
 
     assert_eq!(on_cluster.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(on_single_node.terminate(Duration::from_secs(30)), Some(0));
+
+    // Nine days on, every rolled-up day's minute partition is out of the window: prune drops
+    // the same partitions on every shard as on the single node.
+    let later = (Utc::now() + chrono::Duration::days(9)).to_rfc3339();
+    rollup_with(
+        &cluster.through(&urls[2]).clickhouse,
+        &["--now", &later, "prune"],
+    );
+    rollup_with(&single.clickhouse, &["--now", &later, "prune"]);
+    let single_days = minute_partitions(
+        &single.clickhouse.clickhouse_url,
+        &single.clickhouse.clickhouse_database,
+    )
+    .await;
+    assert!(
+        single_days.len() < 7,
+        "prune dropped old days: {single_days:?}"
+    );
+    let local = format!("{}_local", cluster.clickhouse.clickhouse_database);
+    for url in &urls {
+        let days = minute_partitions(url, &local).await;
+        assert!(
+            days.iter().all(|day| single_days.contains(day)),
+            "{url} keeps {days:?}, the single node {single_days:?}"
+        );
+    }
+}
+
+async fn minute_partitions(url: &str, database: &str) -> Vec<String> {
+    ClickHouseOptions::new(url, database)
+        .client()
+        .query(
+            "SELECT DISTINCT partition_id FROM system.parts WHERE database = currentDatabase() \
+             AND table = 'plays_minute' AND active ORDER BY partition_id",
+        )
+        .fetch_all()
+        .await
+        .unwrap()
 }

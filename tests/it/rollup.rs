@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use topk_core::cluster::Placement;
 use topk_core::db::ClickHouseOptions;
 use topk_core::schema::{DailyTopRow, MinuteRow, RollupProgressRow, DAILY_TOP_SIZE};
 use topk_core::window::day_start;
@@ -637,8 +638,12 @@ async fn prune_drops_exactly_the_partitions_outside_the_window_and_retention() {
     }
     let state = || async {
         (
-            list_day_partitions(&client, "plays_minute").await.unwrap(),
-            list_day_partitions(&client, "daily_top").await.unwrap(),
+            list_day_partitions(&client, &Placement::SingleNode, "plays_minute")
+                .await
+                .unwrap(),
+            list_day_partitions(&client, &Placement::SingleNode, "daily_top")
+                .await
+                .unwrap(),
             list_staging_tables(&client).await.unwrap(),
         )
     };
