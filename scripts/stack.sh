@@ -11,6 +11,8 @@
 #
 # SERVICE is clickhouse, kafka, s3 or cluster; the default is clickhouse, kafka and s3 (the
 # cluster runs only when named; `status` without SERVICE lists it while any of it runs).
+# `zookeeper` names the cluster's ZooKeeper alone (fault tests stop and start it under running
+# servers; `up cluster` would restart the servers after it).
 # cluster: cluster `topk` of 2 shards x 2 replicas (nodes ch1..ch4, HTTP on 18201..18204,
 # native on 19201..19204, macros shard=01|02, replica=ch1..ch4) and ZooKeeper on 12181; its
 # exports (`env cluster`, also written to <stack dir>/cluster/env) are TOPK_CLUSTER_*.
@@ -526,8 +528,8 @@ selected_services() {
   fi
   for service in "$@"; do
     case "$service" in
-      clickhouse|kafka|s3|cluster) echo "$service" ;;
-      *) die "unknown service $service (clickhouse, kafka, s3, cluster)" ;;
+      clickhouse|kafka|s3|cluster|zookeeper) echo "$service" ;;
+      *) die "unknown service $service (clickhouse, kafka, s3, cluster, zookeeper)" ;;
     esac
   done
 }
@@ -540,7 +542,9 @@ has_cluster() {
 }
 has_single_node() {
   local service
-  for service in "$@"; do [ "$service" != cluster ] && return 0; done
+  for service in "$@"; do
+    [ "$service" != cluster ] && [ "$service" != zookeeper ] && return 0
+  done
   return 1
 }
 
@@ -550,6 +554,7 @@ install_for() {
     kafka) cargo_install tansu "$TANSU_VERSION" dynostore,libsql "$TANSU_BIN" ;;
     s3) cargo_install garage "$GARAGE_VERSION" "" "$GARAGE_BIN" ;;
     cluster) install_zookeeper && install_clickhouse ;;
+    zookeeper) install_zookeeper ;;
   esac
 }
 
@@ -584,11 +589,11 @@ cmd_down() {
   services=$(selected_services "$@")
   # Reverse order: cluster, s3, kafka, clickhouse.
   for service in $(echo "$services" | tr ' ' '\n' | tac); do
-    if [ "$service" = cluster ]; then
-      down_cluster
-    else
-      stop_process "$service"
-    fi
+    case "$service" in
+      cluster) down_cluster ;;
+      zookeeper) stop_process cluster/zookeeper ;;
+      *) stop_process "$service" ;;
+    esac
   done
 }
 
@@ -617,13 +622,15 @@ cmd_status() {
     services="$services cluster"
   fi
   for service in $services; do
-    if [ "$service" = cluster ]; then
-      for process in $(cluster_processes); do
-        process_status "$process"
-      done
-    else
-      process_status "$service"
-    fi
+    case "$service" in
+      cluster)
+        for process in $(cluster_processes); do
+          process_status "$process"
+        done
+        ;;
+      zookeeper) process_status cluster/zookeeper ;;
+      *) process_status "$service" ;;
+    esac
   done
 }
 

@@ -11,14 +11,17 @@ cd "$ROOT"
 step() { echo "==> $*" >&2; }
 
 started_stack=0
-if ! scripts/stack.sh status | grep -q "clickhouse: running" ||
-   ! scripts/stack.sh status | grep -q "kafka: running" ||
-   ! scripts/stack.sh status | grep -q "s3: running"; then
+# (Each status is read whole first: with pipefail, `grep -q` ending a pipe early fails it.)
+stack_status=$(scripts/stack.sh status)
+if ! grep -q "clickhouse: running" <<<"$stack_status" ||
+   ! grep -q "kafka: running" <<<"$stack_status" ||
+   ! grep -q "s3: running" <<<"$stack_status"; then
   started_stack=1
 fi
 # tests/cluster starts the local ClickHouse cluster itself; stopped again if it was not running.
 started_cluster=0
-if scripts/stack.sh status cluster | grep -qv ": running"; then
+cluster_status=$(scripts/stack.sh status cluster)
+if grep -qv ": running" <<<"$cluster_status"; then
   started_cluster=1
 fi
 cleanup() {

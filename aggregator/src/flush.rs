@@ -289,7 +289,8 @@ impl FlushTarget {
             .await
             .map_err(|error| format!("stopping the failed inserts: {error}"))?;
         let mut retry = Vec::new();
-        for mut flush in std::mem::take(&mut batch.partitions) {
+        let mut unsettled = std::mem::take(&mut batch.partitions).into_iter();
+        while let Some(mut flush) = unsettled.next() {
             let old_claim = flush.commit.claim_id;
             let seq = flush.commit.flush_seq;
             let renewed = bounded(renew_claim(
@@ -307,8 +308,11 @@ impl FlushTarget {
                     continue;
                 }
                 Err(error) => {
-                    // Put everything not settled yet back, to settle again.
+                    // Put everything not settled yet back, to settle again: this partition
+                    // and every one after it (dropping those lost their rows for good: the
+                    // next flush committed past them).
                     retry.push(flush);
+                    retry.extend(unsettled);
                     batch.partitions = retry;
                     return Err(format!("renewing the claim: {error}"));
                 }

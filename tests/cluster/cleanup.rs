@@ -8,6 +8,7 @@ use crate::{cluster_up, CLUSTER};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_of_uncommitted_flushes_are_removed_from_every_shard_and_replica() {
+    let _shared = crate::shared().await;
     let urls = cluster_up();
     let options =
         topk_tests::stack::fresh_cluster_database("cluster_cleanup", &urls[0], CLUSTER).await;

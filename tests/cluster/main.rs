@@ -1,9 +1,12 @@
-//! The schema on a real ClickHouse cluster: ZooKeeper and 2 shards × 2 replicas on loopback
-//! (`scripts/stack.sh up cluster`, which these tests run themselves: it is idempotent and
-//! takes seconds once ZooKeeper is installed). Their own binary, like the outage tests, so
-//! the cluster's four servers are not started beside the `it` suite.
+//! The pipeline on a real ClickHouse cluster: ZooKeeper and 2 shards × 2 replicas on loopback
+//! (`scripts/stack.sh up cluster`, which these tests run themselves: it is idempotent and takes
+//! seconds once ZooKeeper is installed). The schema laid out by the migrations, the whole
+//! pipeline against the brute force and the single node, the cleanup on every shard, a replica
+//! killed mid-ingest and ZooKeeper stopped for 30 s. Their own binary, like the outage tests, so the cluster's four
+//! servers are not started beside the `it` suite.
 
 mod cleanup;
+mod faults;
 mod pipeline;
 mod schema;
 
@@ -18,12 +21,7 @@ pub fn cluster_up() -> Vec<String> {
 }
 
 fn start_cluster() -> Vec<String> {
-    let script = topk_tests::stack::repo_root().join("scripts/stack.sh");
-    let status = Command::new(&script)
-        .args(["up", "cluster"])
-        .status()
-        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
-    assert!(status.success(), "scripts/stack.sh up cluster failed");
+    stack_script(&["up", "cluster"]);
     let env = std::fs::read_to_string(topk_tests::stack::repo_root().join(".stack/cluster/env"))
         .expect("scripts/stack.sh up cluster writes .stack/cluster/env");
     env.lines()
@@ -36,3 +34,45 @@ fn start_cluster() -> Vec<String> {
 
 /// The cluster's name in `remote_servers` (scripts/stack.sh).
 pub const CLUSTER: &str = "topk";
+
+/// The pid of cluster node `chN` (from its pid file).
+pub fn node_pid(node: u32) -> u32 {
+    let path = topk_tests::stack::repo_root().join(format!(".stack/cluster/ch{node}/ch{node}.pid"));
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()))
+        .trim()
+        .parse()
+        .expect("a pid")
+}
+
+/// Starts the cluster's stopped servers again (`scripts/stack.sh up cluster` starts only what
+/// is not running).
+pub fn restart_stopped_nodes() {
+    stack_script(&["up", "cluster"]);
+}
+
+/// Runs `scripts/stack.sh ARGS` and panics if it fails.
+pub fn stack_script(args: &[&str]) {
+    let script = topk_tests::stack::repo_root().join("scripts/stack.sh");
+    let status = Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
+    assert!(status.success(), "scripts/stack.sh {args:?} failed");
+}
+
+/// Serializes the tests that stop parts of the cluster against every other test of this
+/// binary: they all share the cluster.
+pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    cluster_lock().write().await
+}
+
+/// Taken by tests that only use the cluster: many at once, never during a fault test.
+pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    cluster_lock().read().await
+}
+
+fn cluster_lock() -> &'static tokio::sync::RwLock<()> {
+    static LOCK: OnceLock<tokio::sync::RwLock<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::RwLock::new(()))
+}

@@ -5,40 +5,17 @@
 
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
-use clickhouse::Row;
-use serde::Deserialize;
+use chrono::Utc;
 use topk_core::db::ClickHouseOptions;
+use topk_core::schema::DailyTopRow;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 
 use crate::{cluster_up, CLUSTER};
 
-#[derive(Debug, Row, Deserialize, PartialEq, Eq)]
-struct DailyTopRow {
-    #[serde(with = "clickhouse::serde::chrono::date")]
-    day: NaiveDate,
-    user_id: String,
-    rank: u16,
-    song_id: String,
-    plays: u64,
-    user_songs: u64,
-    user_truncated: u8,
-    user_cutoff_plays: u64,
-}
-
-/// The rows of each day's current snapshot (what readers read). `GLOBAL IN`: on a cluster a
-/// plain `IN` subquery runs on each shard, in its default database.
+/// The rows of each day's current snapshot (what readers read).
 async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
-    options
-        .client()
-        .query(
-            "SELECT day, user_id, rank, song_id, plays, user_songs, user_truncated, \
-             user_cutoff_plays FROM daily_top WHERE (day, snapshot_id) GLOBAL IN \
-             (SELECT day, max(snapshot_id) FROM rollup_progress GROUP BY day) \
-             ORDER BY day, user_id, rank",
-        )
-        .fetch_all()
+    topk_tests::committed::current_daily_top(&options.client())
         .await
         .unwrap_or_else(|error| panic!("daily_top through {}: {error}", options.clickhouse_url))
 }
@@ -70,6 +47,7 @@ fn rollup_with(options: &ClickHouseOptions, args: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single_node() {
+    let _shared = crate::shared().await;
     let urls = cluster_up();
     let cluster = Pipeline::on_cluster("cluster_pipeline", 4, &urls[0], CLUSTER).await;
     let single = Pipeline::new("cluster_pipeline_single_node", 4).await;

@@ -66,6 +66,7 @@ async fn drop_everywhere(url: &str, database: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_lay_the_schema_out_on_every_node_of_the_cluster() {
+    let _shared = crate::shared().await;
     let urls = cluster_up();
     assert_eq!(urls.len(), 4, "2 shards × 2 replicas");
     let database = "topk_test_cluster_schema";
@@ -141,6 +142,7 @@ struct UserRows {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn minute_rows_land_on_one_shard_per_user_and_on_both_of_its_replicas() {
+    let _shared = crate::shared().await;
     let urls = cluster_up();
     let database = "topk_test_cluster_sharding";
     let local = format!("{database}_local");

@@ -354,8 +354,11 @@ async fn case5_a_replay_decides_every_record_as_the_first_read() {
     }
     pipeline.wait_until_drained(Duration::from_secs(60)).await;
     worker.kill_hard();
-    // The retries arrive after the crash: the future play is no longer too far ahead.
-    tokio::time::sleep(Duration::from_secs(6)).await;
+    // The retries arrive after the crash: the future play is no longer too far ahead. The
+    // wait also outlasts the killed member's session (10 s): tansu expires it after its
+    // successor with the same group.instance.id joined, evicts the successor with it and
+    // does not assign the partition again (CI saw the group starve for 60 s).
+    tokio::time::sleep(Duration::from_secs(12)).await;
     for payload in [&first_pass[1], &first_pass[2]] {
         send(&pipeline, &producer, payload).await;
     }

@@ -5,37 +5,16 @@
 use std::time::Duration;
 
 use chrono::Utc;
-use clickhouse::Row;
-use serde::Deserialize;
 use topk_archive::ArchiveReader;
+use topk_core::schema::DailyTopRow;
 use topk_loadgen::generate::{generate, GeneratorSpec};
 use topk_rollup::restore::{restore, RestoreRequest};
 use topk_rollup::RollupJob;
 use topk_tests::pipeline::Pipeline;
 use topk_tests::stack;
 
-#[derive(Debug, PartialEq, Row, Deserialize)]
-struct DailyRow {
-    day: u16,
-    user_id: String,
-    rank: u16,
-    song_id: String,
-    plays: u64,
-    user_songs: u64,
-    user_truncated: u8,
-    user_cutoff_plays: u64,
-}
-
-async fn daily_top(pipeline: &Pipeline) -> Vec<DailyRow> {
-    pipeline
-        .clickhouse
-        .client()
-        .query(
-            "SELECT ?fields FROM daily_top WHERE (day, snapshot_id) IN \
-             (SELECT day, max(snapshot_id) FROM rollup_progress GROUP BY day) \
-             ORDER BY day, user_id, rank",
-        )
-        .fetch_all()
+async fn daily_top(pipeline: &Pipeline) -> Vec<DailyTopRow> {
+    topk_tests::committed::current_daily_top(&pipeline.clickhouse.client())
         .await
         .expect("read daily_top")
 }

@@ -156,14 +156,7 @@ fn on_days(rows: Vec<DailyTopRow>, days: &BTreeSet<NaiveDate>) -> Vec<DailyTopRo
 
 /// The rows of each day's current snapshot (the one readers read), snapshot ids zeroed.
 async fn daily_top(client: &clickhouse::Client) -> Vec<DailyTopRow> {
-    client
-        .query(
-            "SELECT day, user_id, rank, song_id, plays, user_songs, user_truncated, \
-             user_cutoff_plays, toUInt64(0) AS snapshot_id FROM (SELECT * FROM daily_top \
-             WHERE (day, snapshot_id) IN (SELECT day, max(snapshot_id) FROM rollup_progress \
-             GROUP BY day)) ORDER BY day, user_id, rank",
-        )
-        .fetch_all()
+    topk_tests::committed::current_daily_top(client)
         .await
         .unwrap()
 }

@@ -202,3 +202,22 @@ pub async fn commit_first_flush(
     };
     insert(&clickhouse.client(), FLUSH_COMMITS, &[commit]).await;
 }
+
+/// The rows of each day's current rollup snapshot (the one readers read), snapshot ids zeroed
+/// so that two runs compare equal, ordered by day, user and rank. `GLOBAL IN`: against a
+/// cluster's `Distributed` table a plain `IN` subquery runs on each shard, in its default
+/// database.
+pub async fn current_daily_top(
+    client: &clickhouse::Client,
+) -> Result<Vec<topk_core::schema::DailyTopRow>, clickhouse::error::Error> {
+    client
+        .query(
+            "SELECT day, user_id, rank, song_id, plays, user_songs, user_truncated, \
+             user_cutoff_plays, toUInt64(0) AS snapshot_id FROM (SELECT * FROM daily_top \
+             WHERE (day, snapshot_id) GLOBAL IN \
+             (SELECT day, max(snapshot_id) FROM rollup_progress GROUP BY day)) \
+             ORDER BY day, user_id, rank",
+        )
+        .fetch_all()
+        .await
+}

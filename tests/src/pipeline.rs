@@ -30,6 +30,15 @@ pub struct Pipeline {
 impl Pipeline {
     pub async fn new(test_name: &str, partitions: i32) -> Self {
         let clickhouse = stack::fresh_database(test_name).await;
+        Self::with_database(clickhouse, test_name, partitions).await
+    }
+
+    /// A pipeline on `clickhouse` with fresh topics named after the test.
+    async fn with_database(
+        clickhouse: ClickHouseOptions,
+        test_name: &str,
+        partitions: i32,
+    ) -> Self {
         let topic = stack::fresh_topic(test_name, partitions).await;
         let dead_letter_topic = stack::fresh_topic(&format!("{test_name}_dlq"), 1).await;
         Self {
@@ -52,16 +61,7 @@ impl Pipeline {
         cluster: &str,
     ) -> Self {
         let clickhouse = stack::fresh_cluster_database(test_name, clickhouse_url, cluster).await;
-        let topic = stack::fresh_topic(test_name, partitions).await;
-        let dead_letter_topic = stack::fresh_topic(&format!("{test_name}_dlq"), 1).await;
-        Self {
-            clickhouse,
-            group: format!("{topic}-aggregators"),
-            topic,
-            dead_letter_topic,
-            partitions,
-            produced: Default::default(),
-        }
+        Self::with_database(clickhouse, test_name, partitions).await
     }
 
     /// This pipeline's ClickHouse options with another endpoint (another node of a cluster).

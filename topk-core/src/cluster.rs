@@ -143,6 +143,17 @@ impl ClusterLayout {
                 },
             ]);
         }
+        if starts(&["DROP", "TABLE", "IF", "EXISTS"]) && words.len() == 5 {
+            let name = table_name(words.get(4).copied())?;
+            if is_sharded(&name) {
+                return Err(format!("dropping the sharded table {name} is not laid out"));
+            }
+            return Ok(vec![plain(format!(
+                "DROP TABLE IF EXISTS {} {}",
+                self.qualified(&self.database, &name),
+                self.on_cluster()
+            ))]);
+        }
         if starts(&["INSERT", "INTO"]) {
             return Ok(vec![plain(statement.to_owned())]);
         }

@@ -47,6 +47,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_rollup_snapshots.sql",
         sql: include_str!("../../sql/0004_rollup_snapshots.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_committed_view_order.sql",
+        sql: include_str!("../../sql/0005_committed_view_order.sql"),
+    },
 ];
 
 /// The schema version this build expects (the API's `/readyz` checks it).
