@@ -15,7 +15,7 @@ use crate::{cluster_up, CLUSTER};
 
 /// The rows of each day's current snapshot (what readers read).
 async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
-    topk_tests::committed::current_daily_top(&options.client())
+    topk_tests::committed::current_daily_top(&options.client(), &options.placement())
         .await
         .unwrap_or_else(|error| panic!("daily_top through {}: {error}", options.clickhouse_url))
 }

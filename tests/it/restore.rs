@@ -14,9 +14,12 @@ use topk_tests::pipeline::Pipeline;
 use topk_tests::stack;
 
 async fn daily_top(pipeline: &Pipeline) -> Vec<DailyTopRow> {
-    topk_tests::committed::current_daily_top(&pipeline.clickhouse.client())
-        .await
-        .expect("read daily_top")
+    topk_tests::committed::current_daily_top(
+        &pipeline.clickhouse.client(),
+        &pipeline.clickhouse.placement(),
+    )
+    .await
+    .expect("read daily_top")
 }
 
 /// The API's answers (songs and `exact`) for the heaviest users.

@@ -156,7 +156,7 @@ fn on_days(rows: Vec<DailyTopRow>, days: &BTreeSet<NaiveDate>) -> Vec<DailyTopRo
 
 /// The rows of each day's current snapshot (the one readers read), snapshot ids zeroed.
 async fn daily_top(client: &clickhouse::Client) -> Vec<DailyTopRow> {
-    topk_tests::committed::current_daily_top(client)
+    topk_tests::committed::current_daily_top(client, &Placement::SingleNode)
         .await
         .unwrap()
 }
