@@ -66,6 +66,9 @@ pub struct PartitionState {
     /// read past.
     accept_gap_below_checkpoint: bool,
     dedup: Deduplicator,
+    /// Where the claim said to rebuild the duplicate filter from: the replay point every
+    /// commit must keep until the re-read has passed what was counted.
+    resumed_replay: Option<ReplayPoint>,
     buffer: MinuteBuffer,
     dead_letters: Vec<PendingDeadLetter>,
     dead_letter_bytes: usize,
@@ -124,6 +127,10 @@ impl PartitionState {
             awaiting: None,
             accept_gap_below_checkpoint: false,
             dedup: Deduplicator::starting_at(dedup_horizon_ms, resume.watermark_ms),
+            resumed_replay: resume.read_from.map(|offset| ReplayPoint {
+                offset,
+                watermark_ms: resume.watermark_ms,
+            }),
             buffer: MinuteBuffer::default(),
             dead_letters: Vec::new(),
             dead_letter_bytes: 0,
@@ -264,10 +271,19 @@ impl PartitionState {
         } else {
             self.counted_through.unwrap_or(-1)
         };
-        let replay = self.dedup.compact().unwrap_or(ReplayPoint {
-            offset: flush_offset + 1,
-            watermark_ms: self.dedup.watermark_ms(),
-        });
+        // An empty filter means "nothing to replay" only once the re-read has passed what
+        // was counted: a partition released before then (a rebalance right after the claim)
+        // must hand its own replay point on, or the next owner forgets the event ids counted
+        // before and counts their retries again.
+        let replaying = self.processed_through < self.counted_through;
+        let replay = match (self.dedup.compact(), self.resumed_replay) {
+            (Some(point), _) => point,
+            (None, Some(resumed)) if replaying => resumed,
+            (None, _) => ReplayPoint {
+                offset: flush_offset + 1,
+                watermark_ms: self.dedup.watermark_ms(),
+            },
+        };
         let partition_column = u32::try_from(self.partition).expect("partitions are not negative");
         let flush_seq = self.claim.next_seq;
         self.claim.next_seq += 1;
@@ -367,6 +383,22 @@ mod tests {
             parent_released: false,
             resume,
         }
+    }
+
+    #[test]
+    fn a_release_before_the_replay_keeps_the_replay_point() {
+        let resume = ResumePoint {
+            counted_through: Some(4),
+            read_from: Some(0),
+            watermark_ms: 1_000,
+        };
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        let flush = state
+            .take_flush("plays", "group", "worker", true)
+            .expect("a release always commits");
+        assert_eq!(flush.commit.flush_offset, 4);
+        assert_eq!(flush.commit.dedup_replay_from, 0);
+        assert_eq!(flush.commit.watermark_ms, 1_000);
     }
 
     #[test]
