@@ -10,7 +10,6 @@ mod faults;
 mod pipeline;
 mod schema;
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// Starts the local cluster (if not running) and returns its nodes' HTTP endpoints; once per
@@ -51,15 +50,7 @@ pub fn restart_stopped_nodes() {
     stack_script(&["up", "cluster"]);
 }
 
-/// Runs `scripts/stack.sh ARGS` and panics if it fails.
-pub fn stack_script(args: &[&str]) {
-    let script = topk_tests::stack::repo_root().join("scripts/stack.sh");
-    let status = Command::new(&script)
-        .args(args)
-        .status()
-        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
-    assert!(status.success(), "scripts/stack.sh {args:?} failed");
-}
+pub use topk_tests::stack::run_script as stack_script;
 
 /// Serializes the tests that stop parts of the cluster against every other test of this
 /// binary: they all share the cluster.

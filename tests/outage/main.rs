@@ -5,7 +5,6 @@
 mod clickhouse_outage;
 mod s3_outage;
 
-use std::process::Command;
 use std::sync::OnceLock;
 
 /// Serializes the tests of this binary: each stops a service everyone needs.
@@ -16,12 +15,4 @@ pub async fn exclusive() -> tokio::sync::MutexGuard<'static, ()> {
         .await
 }
 
-/// Runs `scripts/stack.sh ARGS` and panics if it fails.
-pub fn stack_script(args: &[&str]) {
-    let script = topk_tests::stack::repo_root().join("scripts/stack.sh");
-    let status = Command::new(&script)
-        .args(args)
-        .status()
-        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
-    assert!(status.success(), "scripts/stack.sh {args:?} failed");
-}
+pub use topk_tests::stack::run_script as stack_script;

@@ -172,3 +172,14 @@ pub async fn s3_client() -> aws_sdk_s3::Client {
 pub fn s3_bucket() -> String {
     setting("TOPK_S3_BUCKET", "topk-archive")
 }
+
+/// Runs `scripts/stack.sh ARGS` and panics if it fails (tests that stop and start parts of
+/// the stack).
+pub fn run_script(args: &[&str]) {
+    let script = repo_root().join("scripts/stack.sh");
+    let status = std::process::Command::new(&script)
+        .args(args)
+        .status()
+        .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
+    assert!(status.success(), "scripts/stack.sh {args:?} failed");
+}
