@@ -41,6 +41,9 @@ pub enum ArchiveError {
     /// The restore could not claim a partition (see `topk_core::claims`).
     #[error("claiming a partition for the restore: {0}")]
     Claim(String),
+    /// The cluster layout could not be read or does not match (`topk_core::cluster`).
+    #[error("clickhouse cluster: {0}")]
+    Cluster(String),
 }
 
 impl ArchiveError {

@@ -24,6 +24,7 @@ use std::time::Instant;
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures::TryStreamExt;
 use topk_core::claims::{claim_partition, ClaimOwner};
+use topk_core::cluster::{ClusterLayout, Placement};
 use topk_core::committed::CommittedFlushes;
 use topk_core::db::ClickHouseOptions;
 use topk_core::dedup::ReplayPoint;
@@ -416,41 +417,28 @@ pub async fn restore_days(
             .await?;
     }
     insert.end().await?;
-    let staging = quote_identifier(STAGING_TABLE);
-    let target = quote_identifier(PLAYS_MINUTE);
+    let placement = clickhouse.placement();
     let mut restored = Vec::new();
     for day in days {
         let rows = rebuilt.rows_for_day(day, commits);
-        let partition = day.format("%Y-%m-%d").to_string();
         if rows.is_empty() {
             // ClickHouse 26.6+ refuses REPLACE PARTITION from an empty source partition (older
             // releases silently dropped the target's); an empty day is a plain drop.
             client
-                .query(&format!("ALTER TABLE {target} DROP PARTITION ?"))
-                .bind(&partition)
+                .query(&format!(
+                    "ALTER TABLE {} DROP PARTITION ?",
+                    placement.alter_target(PLAYS_MINUTE)
+                ))
+                .bind(day.format("%Y-%m-%d").to_string())
                 .execute()
                 .await?;
         } else {
-            client
-                .query(&format!("DROP TABLE IF EXISTS {staging}"))
-                .execute()
-                .await?;
-            client
-                .query(&format!("CREATE TABLE {staging} AS {target}"))
-                .execute()
-                .await?;
-            let mut insert = client.insert::<MinuteRow>(STAGING_TABLE).await?;
-            for row in &rows {
-                insert.write(row).await?;
+            match &placement {
+                Placement::SingleNode => replace_day(&client, day, &rows).await?,
+                Placement::Cluster(layout) => {
+                    replace_day_on_cluster(&client, &placement, layout, day, &rows).await?;
+                }
             }
-            insert.end().await?;
-            client
-                .query(&format!(
-                    "ALTER TABLE {target} REPLACE PARTITION ? FROM {staging}"
-                ))
-                .bind(&partition)
-                .execute()
-                .await?;
         }
         let plays = rows.iter().map(|row| row.plays).sum();
         tracing::info!(%day, rows = rows.len(), plays, "day restored");
@@ -460,11 +448,144 @@ pub async fn restore_days(
             plays,
         });
     }
+    match &placement {
+        Placement::SingleNode => {
+            client
+                .query(&format!(
+                    "DROP TABLE IF EXISTS {}",
+                    quote_identifier(STAGING_TABLE)
+                ))
+                .execute()
+                .await?;
+        }
+        Placement::Cluster(layout) => {
+            for statement in layout.drop_sharded_copy(STAGING_TABLE) {
+                client.query(&statement).execute().await?;
+            }
+        }
+    }
+    Ok(restored)
+}
+
+/// One day swapped in on a single server: the rows into a fresh staging table, then one
+/// atomic `REPLACE PARTITION`.
+async fn replace_day(
+    client: &clickhouse::Client,
+    day: NaiveDate,
+    rows: &[MinuteRow],
+) -> Result<(), ArchiveError> {
+    let staging = quote_identifier(STAGING_TABLE);
+    let target = quote_identifier(PLAYS_MINUTE);
     client
         .query(&format!("DROP TABLE IF EXISTS {staging}"))
         .execute()
         .await?;
-    Ok(restored)
+    client
+        .query(&format!("CREATE TABLE {staging} AS {target}"))
+        .execute()
+        .await?;
+    let mut insert = client.insert::<MinuteRow>(STAGING_TABLE).await?;
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    client
+        .query(&format!(
+            "ALTER TABLE {target} REPLACE PARTITION ? FROM {staging}"
+        ))
+        .bind(day.format("%Y-%m-%d").to_string())
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// One day swapped in on a cluster, shard by shard: the rows go through a sharded staging
+/// table (its own replicated local tables behind a `Distributed` table) to each user's shard,
+/// on every replica of it (quorum), then each shard's partition is replaced from its staging
+/// rows `ON CLUSTER`, every replica waited for (`replication_alter_partitions_sync = 2`).
+///
+/// ClickHouse 18.16 refuses `REPLACE PARTITION` in `ON CLUSTER` DDL ("Unsupported type of
+/// ALTER query"); there the day is dropped on every shard and copied in from the staging
+/// table (quorum again): the same rows, but readers can meet the day empty or partly copied
+/// for the seconds in between (a restore runs with the aggregators stopped, in an incident).
+async fn replace_day_on_cluster(
+    client: &clickhouse::Client,
+    placement: &Placement,
+    layout: &ClusterLayout,
+    day: NaiveDate,
+    rows: &[MinuteRow],
+) -> Result<(), ArchiveError> {
+    let partition = day.format("%Y-%m-%d").to_string();
+    let settings = placement
+        .all_replicas_insert_settings(client)
+        .await
+        .map_err(ArchiveError::Cluster)?;
+    for statement in layout.drop_sharded_copy(STAGING_TABLE) {
+        client.query(&statement).execute().await?;
+    }
+    let show_create: String = client
+        .query(&format!(
+            "SHOW CREATE TABLE {}",
+            layout.local_table(PLAYS_MINUTE)
+        ))
+        .fetch_one()
+        .await?;
+    for statement in layout
+        .sharded_copy(&show_create, PLAYS_MINUTE, STAGING_TABLE)
+        .map_err(ArchiveError::Cluster)?
+    {
+        client.query(&statement).execute().await?;
+    }
+    let mut insert = client.insert::<MinuteRow>(STAGING_TABLE).await?;
+    for (name, value) in &settings {
+        insert = insert.with_setting(*name, value.clone());
+    }
+    for row in rows {
+        insert.write(row).await?;
+    }
+    insert.end().await?;
+    let replaced = client
+        .query(&format!(
+            "ALTER TABLE {} REPLACE PARTITION ? FROM {}",
+            placement.alter_target(PLAYS_MINUTE),
+            layout.local_table(STAGING_TABLE)
+        ))
+        .bind(&partition)
+        .with_setting("replication_alter_partitions_sync", "2")
+        .execute()
+        .await;
+    match replaced {
+        Ok(()) => Ok(()),
+        Err(error)
+            if error
+                .to_string()
+                .contains("Unsupported type of ALTER query") =>
+        {
+            tracing::info!(
+                %day,
+                "the server refuses REPLACE PARTITION ON CLUSTER (ClickHouse before 19.x): \
+                 dropping the day on every shard and copying it in"
+            );
+            client
+                .query(&format!(
+                    "ALTER TABLE {} DROP PARTITION ?",
+                    placement.alter_target(PLAYS_MINUTE)
+                ))
+                .bind(&partition)
+                .with_setting("replication_alter_partitions_sync", "2")
+                .execute()
+                .await?;
+            let mut copy = client.query(&format!(
+                "INSERT INTO {PLAYS_MINUTE} SELECT * FROM {STAGING_TABLE} WHERE toDate(minute) = toDate(?)"
+            ));
+            for (name, value) in &settings {
+                copy = copy.with_setting(*name, value.clone());
+            }
+            copy.bind(&partition).execute().await?;
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// Claims, for a restore, every partition that has a commit (see `topk_core::claims`: a

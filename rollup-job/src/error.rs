@@ -21,6 +21,8 @@ pub enum RollupError {
     Migrate(#[from] MigrateError),
     #[error("reading which flushes are committed: {0}")]
     Committed(String),
+    #[error("clickhouse cluster: {0}")]
+    Cluster(String),
     #[error(
         "the database schema is at version {applied:?} but this build needs version {expected}: \
          run `topk-rollup migrate` first"
@@ -63,6 +65,7 @@ impl RollupError {
             | Self::RetentionTooShort { .. } => EXIT_USAGE,
             Self::ClickHouse { .. }
             | Self::Committed(_)
+            | Self::Cluster(_)
             | Self::Migrate(_)
             | Self::SchemaOutdated { .. }
             | Self::MinuteRowsVanished { .. }

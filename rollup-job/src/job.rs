@@ -168,7 +168,7 @@ impl RollupJob {
                 }
                 DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp { reason },
                 DayAction::RollUp(reason) => {
-                    match roll_up_day(&self.client, day, self.slices).await {
+                    match roll_up_day(&self.client, &self.placement, day, self.slices).await {
                         Ok(progress) => DayResult::RolledUp { reason, progress },
                         Err(error) => DayResult::Failed(error),
                     }

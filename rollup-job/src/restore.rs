@@ -156,7 +156,8 @@ pub async fn restore(
     for day in &days {
         client
             .query(&format!(
-                "ALTER TABLE {DAILY_TOP} DROP PARTITION ID '{}'",
+                "ALTER TABLE {} DROP PARTITION ID '{}'",
+                job.placement.alter_target(DAILY_TOP),
                 partition_id(*day)
             ))
             .execute()

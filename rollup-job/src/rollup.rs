@@ -25,6 +25,8 @@ use topk_core::schema::{
     RollupProgressRow, DAILY_TOP, DAILY_TOP_SIZE, PLAYS_MINUTE, ROLLUP_PROGRESS,
 };
 
+use topk_core::cluster::Placement;
+
 use crate::day_state::{day_start_secs, next_day};
 use crate::error::{clickhouse_error, RollupError};
 
@@ -134,18 +136,37 @@ struct CommittedDay {
 /// slice, so the result is the same; it is faster because ClickHouse (18.16 at least) runs
 /// the per-user stage and the write of one `INSERT .. SELECT` on a single thread, while the
 /// scan before them uses every core.
+///
+/// On a cluster (`placement`) the snapshot's rows go through the `Distributed` table to each
+/// user's shard, and every slice's insert returns only once its rows are on every replica of
+/// their shard (quorum), one slice after the other; the progress row is written only after
+/// the last one. A shard that cannot take them (a replica down, ZooKeeper away) fails the
+/// day: no progress row, so readers keep answering the day from its minute rows.
 pub async fn roll_up_day(
     client: &clickhouse::Client,
+    placement: &Placement,
     day: NaiveDate,
     slices: u32,
 ) -> Result<RollupProgressRow, RollupError> {
     let started = Instant::now();
+    let insert_settings = placement
+        .all_replicas_insert_settings(client)
+        .await
+        .map_err(RollupError::Cluster)?;
     let committed = CommittedFlushes::read(client)
         .await
         .map_err(|error| RollupError::Committed(error.to_string()))?;
     let snapshot_id = new_snapshot_id(Utc::now());
     let read = committed_day(client, &committed, day).await?;
-    let written = write_snapshot(client, &committed, day, snapshot_id, slices).await?;
+    let written = write_snapshot(
+        client,
+        &committed,
+        day,
+        snapshot_id,
+        slices,
+        &insert_settings,
+    )
+    .await?;
     // Committed rows measured a moment ago and none written: the day's partition was
     // dropped in between (a concurrent prune). Recording it would replace a good top 50.
     if read.minute_rows > 0 && written.rows_written == 0 {
@@ -209,12 +230,16 @@ async fn write_snapshot(
     day: NaiveDate,
     snapshot_id: u64,
     slices: u32,
+    insert_settings: &[(&'static str, String)],
 ) -> Result<WrittenSnapshot, RollupError> {
     let slices = slices.max(1);
     let sql = rollup_insert_sql(slices > 1);
-    let slice_inserts = (0..slices).map(|slice| {
-        let mut query = client
-            .query(&sql)
+    let slice_insert = |slice: u32| {
+        let mut query = client.query(&sql);
+        for (name, value) in insert_settings {
+            query = query.with_setting(*name, value.clone());
+        }
+        query = query
             .bind(day.to_string())
             .bind(snapshot_id)
             .bind(day_start_secs(day))
@@ -224,12 +249,24 @@ async fn write_snapshot(
             query = query.bind(slices).bind(slice);
         }
         query.execute()
-    });
-    futures::future::try_join_all(slice_inserts)
-        .await
-        .map_err(clickhouse_error(format!(
-            "writing snapshot {snapshot_id} of {day} into {DAILY_TOP}"
-        )))?;
+    };
+    let failed = |source| RollupError::ClickHouse {
+        action: format!("writing snapshot {snapshot_id} of {day} into {DAILY_TOP}"),
+        source,
+    };
+    if insert_settings
+        .iter()
+        .any(|(name, _)| *name == "insert_quorum")
+    {
+        // One quorum insert per table at a time (see `all_replicas_insert_settings`).
+        for slice in 0..slices {
+            slice_insert(slice).await.map_err(failed)?;
+        }
+    } else {
+        futures::future::try_join_all((0..slices).map(slice_insert))
+            .await
+            .map_err(failed)?;
+    }
     let written: WrittenSnapshot = client
         .query(&format!(
             "SELECT count() AS rows_written, countIf(rank = 1) AS users FROM {DAILY_TOP} \
@@ -249,7 +286,7 @@ async fn write_snapshot(
 /// for deletion (0: nothing to do, or too early).
 pub async fn delete_superseded_snapshots(
     client: &clickhouse::Client,
-    placement: &topk_core::cluster::Placement,
+    placement: &Placement,
     day: NaiveDate,
     current: u64,
     clock_now: DateTime<Utc>,

@@ -147,9 +147,14 @@ async fn main() {
         assert_eq!(scanned, pairs);
         for (variant_slices, timings) in [(1, &mut single_query), (slices, &mut sliced)] {
             let started = Instant::now();
-            let progress = topk_rollup::roll_up_day(&client, day, variant_slices)
-                .await
-                .unwrap();
+            let progress = topk_rollup::roll_up_day(
+                &client,
+                &topk_core::cluster::Placement::SingleNode,
+                day,
+                variant_slices,
+            )
+            .await
+            .unwrap();
             timings.push(started.elapsed());
             assert_eq!(progress.minute_rows_read, rows);
             assert_eq!(progress.plays_read, plays);

@@ -2,15 +2,20 @@
 //! (`scripts/stack.sh up cluster`, which these tests run themselves: it is idempotent and takes
 //! seconds once ZooKeeper is installed). The schema laid out by the migrations, the whole
 //! pipeline against the brute force and the single node, the cleanup on every shard, a replica
-//! killed mid-ingest and ZooKeeper stopped for 30 s. Their own binary, like the outage tests, so the cluster's four
+//! killed mid-ingest, ZooKeeper stopped for 30 s, a rollup with a shard
+//! short of a replica, a restore from the S3 archive. Their own binary, like the outage tests, so the cluster's four
 //! servers are not started beside the `it` suite.
 
 mod cleanup;
 mod faults;
 mod pipeline;
+mod restore;
+mod rollup;
 mod schema;
 
 use std::sync::OnceLock;
+
+use topk_core::db::ClickHouseOptions;
 
 /// Starts the local cluster (if not running) and returns its nodes' HTTP endpoints; once per
 /// test process (the script rewrites the env file the endpoints are read from).
@@ -51,6 +56,24 @@ pub fn restart_stopped_nodes() {
 }
 
 pub use topk_tests::stack::run_script as stack_script;
+
+/// Runs `topk-rollup` with `args` against `options` (its database, cluster and settings),
+/// its summary lines captured.
+pub fn topk_rollup(options: &ClickHouseOptions, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(topk_tests::process::binary_path("topk-rollup"))
+        .env("TOPK_CLICKHOUSE_URL", &options.clickhouse_url)
+        .env("TOPK_CLICKHOUSE_DATABASE", &options.clickhouse_database)
+        .env("TOPK_CLICKHOUSE_CLUSTER", &options.clickhouse_cluster)
+        .env(
+            "TOPK_CLICKHOUSE_SETTINGS",
+            options.clickhouse_settings.join(","),
+        )
+        .env("RUST_LOG", "warn")
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("run topk-rollup")
+}
 
 /// Serializes the tests that stop parts of the cluster against every other test of this
 /// binary: they all share the cluster.

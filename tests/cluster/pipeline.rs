@@ -25,23 +25,12 @@ fn rollup(options: &ClickHouseOptions) {
 }
 
 fn rollup_with(options: &ClickHouseOptions, args: &[&str]) {
-    let mut command = std::process::Command::new(topk_tests::process::binary_path("topk-rollup"));
-    command
-        .env("TOPK_CLICKHOUSE_URL", &options.clickhouse_url)
-        .env("TOPK_CLICKHOUSE_DATABASE", &options.clickhouse_database)
-        .env("TOPK_CLICKHOUSE_CLUSTER", &options.clickhouse_cluster)
-        .env(
-            "TOPK_CLICKHOUSE_SETTINGS",
-            options.clickhouse_settings.join(","),
-        )
-        .env("RUST_LOG", "warn")
-        .args(args)
-        .stdout(std::process::Stdio::null());
-    let status = command.status().expect("run topk-rollup");
+    let output = crate::topk_rollup(options, args);
     assert!(
-        status.success(),
-        "topk-rollup run on {}",
-        options.clickhouse_url
+        output.status.success(),
+        "topk-rollup {args:?} on {}:\n{}",
+        options.clickhouse_url,
+        String::from_utf8_lossy(&output.stdout)
     );
 }
 

@@ -1,43 +1,86 @@
 //! Compose files (deploy/compose): services running our images against the binaries and the
-//! Dockerfile stages they build, dependencies between services, consumers vs partitions.
+//! Dockerfile stages they build, dependencies between services, consumers vs partitions,
+//! mounted files, one ClickHouse node and cluster for every binary. An override file
+//! (`compose.<name>.yaml`, e.g. compose.cluster.yaml) is checked merged over `compose.yaml`, as
+//! `docker compose -f compose.yaml -f compose.<name>.yaml` runs it.
 
 use std::path::{Path, PathBuf};
 
 use serde_yaml::Value;
 
 use crate::catalog::Catalog;
-use crate::container::Container;
+use crate::container::{check_one_clickhouse, Container};
 use crate::dockerfile::Dockerfile;
 use crate::findings::Findings;
 use crate::invocation::{check_argv, check_invocation, check_topk_env_anywhere, shell_commands};
 use crate::kubernetes::{scalar, sequence, str_at, value_at};
 
-pub fn check(catalog: &Catalog, path: &Path, findings: &mut Findings) {
-    let file = crate::display(path);
-    findings.at(&file);
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut compose: Value = match serde_yaml::from_str(&text) {
-        Ok(value) => value,
-        Err(error) => return findings.push(format!("does not parse: {error}")),
-    };
-    if let Err(error) = compose.apply_merge() {
-        return findings.push(format!("bad merge key: {error}"));
+/// Every compose file of `dir`: the base file (`compose.yaml`) alone, each other file named
+/// `compose.<name>.yaml` merged over it, any other YAML file alone.
+pub fn check_dir(catalog: &Catalog, dir: &Path, findings: &mut Findings) {
+    let files = crate::files_with_extensions(dir, &["yaml", "yml"]);
+    let name_of = |path: &Path| path.file_name().unwrap().to_string_lossy().into_owned();
+    let base = files
+        .iter()
+        .find(|path| matches!(name_of(path).as_str(), "compose.yaml" | "compose.yml"));
+    for path in &files {
+        match base {
+            Some(base) if base != path && name_of(path).starts_with("compose.") => {
+                check(catalog, &[base, path], findings)
+            }
+            _ => check(catalog, &[path], findings),
+        }
     }
+}
+
+/// One compose project: `paths` merged in order, as compose does with repeated `-f`.
+pub fn check(catalog: &Catalog, paths: &[&PathBuf], findings: &mut Findings) {
+    let file = paths
+        .iter()
+        .map(|path| crate::display(path))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    let mut compose = Value::Null;
+    for path in paths {
+        findings.at(crate::display(path));
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut value: Value = match serde_yaml::from_str(&text) {
+            Ok(value) => value,
+            Err(error) => return findings.push(format!("does not parse: {error}")),
+        };
+        if let Err(error) = value.apply_merge() {
+            return findings.push(format!("bad merge key: {error}"));
+        }
+        merge(&mut compose, value, "");
+    }
+    findings.at(&file);
     let Some(services) = compose.get("services").and_then(Value::as_mapping) else {
         return findings.push("no services");
     };
-    let directory = path.parent().unwrap_or(Path::new("."));
+    // Relative paths in every file are relative to the first file's folder (the project's).
+    let directory = paths[0].parent().unwrap_or(Path::new("."));
     let scripts: Vec<Vec<String>> = services
         .values()
         .flat_map(|service| service_argv(service, None))
         .flat_map(|argv| argv.into_iter().flat_map(|word| shell_commands(&word)))
         .collect();
+    let mut deployment = Vec::new();
+    let mut clickhouse_configs = Vec::new();
     for (name, service) in services {
         let name = scalar(name).unwrap_or_default();
         findings.at(format!("{file}: service {name}"));
         for dependency in dependencies(service) {
             if !services.contains_key(dependency.as_str()) {
                 findings.push(format!("depends on `{dependency}`, which is no service"));
+            }
+        }
+        for (source, target) in bind_mounts(service) {
+            let host_path = directory.join(&source);
+            if source.starts_with('.') && !host_path.exists() {
+                findings.push(format!("mounts `{source}`, which does not exist"));
+            }
+            if target.starts_with("/etc/clickhouse-server/") && host_path.is_file() {
+                clickhouse_configs.push(std::fs::read_to_string(&host_path).unwrap_or_default());
             }
         }
         let dockerfile = service_dockerfile(directory, service, findings);
@@ -92,7 +135,128 @@ pub fn check(catalog: &Catalog, path: &Path, findings: &mut Findings) {
             None => {}
         }
         check_partitions(catalog, &binary, service, &runtime, &scripts, findings);
+        deployment.push((format!("service {name}"), runtime));
     }
+    findings.at(&file);
+    check_one_clickhouse(catalog, &deployment, findings);
+    check_cluster_defined(catalog, &deployment, &clickhouse_configs, findings);
+}
+
+/// A `TOPK_CLICKHOUSE_CLUSTER` must name a cluster in the `remote_servers` of a ClickHouse
+/// config file mounted into some service (`ON CLUSTER topk` fails on a server that lacks it).
+fn check_cluster_defined(
+    catalog: &Catalog,
+    deployment: &[(String, Container)],
+    configs: &[String],
+    findings: &mut Findings,
+) {
+    let clusters: std::collections::BTreeSet<String> = deployment
+        .iter()
+        .filter_map(|(_, container)| container.effective(catalog, "clickhouse-cluster"))
+        .flatten()
+        .filter(|cluster| !cluster.is_empty())
+        .collect();
+    for cluster in clusters {
+        let defined = configs.iter().any(|config| {
+            config
+                .split("<remote_servers>")
+                .skip(1)
+                .filter_map(|section| section.split("</remote_servers>").next())
+                .any(|section| section.contains(&format!("<{cluster}>")))
+        });
+        if !defined {
+            findings.push(format!(
+                "TOPK_CLICKHOUSE_CLUSTER is `{cluster}`, a cluster in the remote_servers of no \
+                 ClickHouse config file mounted into /etc/clickhouse-server/"
+            ));
+        }
+    }
+}
+
+/// Compose's merge of a later `-f` file into the earlier ones (the compose-spec rules deploy
+/// files rely on): mappings merge key by key (`environment` and `depends_on` lists become
+/// mappings first), `command`, `entrypoint` and a healthcheck's `test` are replaced, other
+/// lists (`ports`, `volumes`, `expose`) are appended to, scalars replaced.
+fn merge(base: &mut Value, over: Value, key: &str) {
+    let over = listed_as_mapping(key, over);
+    match (base, over) {
+        (Value::Mapping(base), Value::Mapping(over)) => {
+            for (name, value) in over {
+                let child = scalar(&name).unwrap_or_default();
+                match base.get_mut(&name) {
+                    Some(existing) => {
+                        let earlier = std::mem::replace(existing, Value::Null);
+                        *existing = listed_as_mapping(&child, earlier);
+                        merge(existing, value, &child);
+                    }
+                    None => {
+                        base.insert(name, listed_as_mapping(&child, value));
+                    }
+                }
+            }
+        }
+        (Value::Sequence(base), Value::Sequence(over))
+            if !matches!(key, "command" | "entrypoint" | "test") =>
+        {
+            for item in over {
+                if !base.contains(&item) {
+                    base.push(item);
+                }
+            }
+        }
+        (base, over) => *base = over,
+    }
+}
+
+/// `environment: [A=1]` as `{A: "1"}`, `depends_on: [x]` as `{x: {condition: service_started}}`.
+fn listed_as_mapping(key: &str, value: Value) -> Value {
+    let Value::Sequence(items) = &value else {
+        return value;
+    };
+    let mut mapping = serde_yaml::Mapping::new();
+    match key {
+        "environment" => {
+            for item in items.iter().filter_map(scalar) {
+                match item.split_once('=') {
+                    Some((name, value)) => mapping.insert(name.into(), value.into()),
+                    None => mapping.insert(item.into(), Value::Null),
+                };
+            }
+        }
+        "depends_on" => {
+            for item in items.iter().filter_map(scalar) {
+                let mut condition = serde_yaml::Mapping::new();
+                condition.insert("condition".into(), "service_started".into());
+                mapping.insert(item.into(), Value::Mapping(condition));
+            }
+        }
+        _ => return value,
+    }
+    Value::Mapping(mapping)
+}
+
+/// (source, target) of a service's bind mounts: `./file:/target[:ro]` and the long syntax
+/// (`type: bind`). Named volumes are not bind mounts.
+fn bind_mounts(service: &Value) -> Vec<(String, String)> {
+    sequence(service.get("volumes"))
+        .iter()
+        .filter_map(|entry| match scalar(entry) {
+            Some(short) => {
+                let mut parts = short.splitn(3, ':');
+                let source = parts.next()?.to_owned();
+                let target = parts.next()?.to_owned();
+                source
+                    .starts_with(['.', '/', '~'])
+                    .then_some((source, target))
+            }
+            None => (str_at(entry, &["type"]).as_deref() == Some("bind")).then(|| {
+                (
+                    str_at(entry, &["source"]).unwrap_or_default(),
+                    str_at(entry, &["target"]).unwrap_or_default(),
+                )
+            }),
+        })
+        .collect()
 }
 
 /// A Kafka consumer's replicas must not exceed the partitions its topic is created with

@@ -161,3 +161,41 @@ impl Container {
         }
     }
 }
+
+/// Every container of one deployment that talks to ClickHouse must use the same ClickHouse
+/// endpoint and the same cluster setting: on a cluster a claim in the coordination tables is
+/// atomic only on one server, so the aggregators and the API must reach the same node
+/// (deploy/clickhouse-cluster/README.md, "Not yet", item 1), and a binary without the cluster
+/// setting would address tables the cluster layout does not have. `deployment` holds
+/// (where, container) pairs; values from secrets (unknown here) are skipped.
+pub fn check_one_clickhouse(
+    catalog: &Catalog,
+    deployment: &[(String, Container)],
+    findings: &mut Findings,
+) {
+    for (flag, what) in [
+        ("clickhouse-url", "reaches ClickHouse at"),
+        ("clickhouse-cluster", "has the ClickHouse cluster"),
+    ] {
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for (place, container) in deployment {
+            if !catalog.knows_env(&container.binary, "TOPK_CLICKHOUSE_URL") {
+                continue;
+            }
+            if let Some(Some(value)) = container.effective(catalog, flag) {
+                seen.entry(value).or_insert(place);
+            }
+        }
+        if seen.len() > 1 {
+            let all: Vec<String> = seen
+                .iter()
+                .map(|(value, place)| format!("{place} {what} `{value}`"))
+                .collect();
+            findings.push(format!(
+                "not every binary uses the same ClickHouse (--{flag}): {}; every aggregator, \
+                 the API, the rollup and the migration must reach the same node and cluster",
+                all.join(", ")
+            ));
+        }
+    }
+}

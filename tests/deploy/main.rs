@@ -6,7 +6,9 @@
 //! serve are read from their sources. Then every Dockerfile, Kubernetes manifest, compose file,
 //! systemd unit, env file and TOML config must parse and use only what exists, and a few
 //! deployment invariants must hold (grace period > shutdown deadline, listen addresses
-//! reachable in containers, consumers ≤ partitions, referenced ConfigMaps/Secrets/keys exist).
+//! reachable in containers, consumers ≤ partitions, referenced ConfigMaps/Secrets/keys exist,
+//! every binary on the same ClickHouse node and cluster). Compose overrides are checked merged
+//! over compose.yaml, kustomize overlays (deploy/k8s-cluster) as rendered.
 //!
 //! Needs the binaries (`cargo build --workspace --bins`), not the stack:
 //! `cargo test -p topk-tests --test deploy`.
@@ -117,9 +119,24 @@ fn check_deploy_tree(catalog: &Catalog, deploy: &Path) -> Findings {
         main_dockerfile.as_ref(),
         &mut findings,
     );
-    for path in files_with_extensions(&deploy.join("compose"), &["yaml", "yml"]) {
-        compose::check(catalog, &path, &mut findings);
+    // Overlays (deploy/k8s-cluster: the base plus a ClickHouse cluster), checked as kustomize
+    // renders them: their resources, the base's, the patches applied.
+    for path in all_files(deploy) {
+        let in_base = path.parent() == Some(&deploy.join("k8s"));
+        if !in_base
+            && path
+                .file_name()
+                .is_some_and(|name| name == "kustomization.yaml")
+        {
+            kubernetes::check(
+                catalog,
+                path.parent().unwrap(),
+                main_dockerfile.as_ref(),
+                &mut findings,
+            );
+        }
     }
+    compose::check_dir(catalog, &deploy.join("compose"), &mut findings);
     hosts::check_systemd(catalog, &deploy.join("systemd"), &mut findings);
     findings
 }
@@ -347,6 +364,85 @@ fn edits_that_break_deploy_files_are_reported() {
             "\"--to\", \"2026-11-21\"",
             "\"--until\", \"2026-11-21\"",
             "`topk-rollup restore` has no flag `--until`",
+        ),
+        // The cluster override (merged over compose.yaml): an unknown variable, a mounted file
+        // that is not there, a dependency on no service, a cluster no node defines, one binary
+        // on another ClickHouse node.
+        (
+            "compose/compose.cluster.yaml",
+            "TOPK_CLICKHOUSE_CLUSTER: topk",
+            "TOPK_CLICKHOUSE_CLUSTERS: topk",
+            "does not read `TOPK_CLICKHOUSE_CLUSTERS`",
+        ),
+        (
+            "compose/compose.cluster.yaml",
+            "./clickhouse-cluster.xml:",
+            "./clickhouse-clusters.xml:",
+            "mounts `./clickhouse-clusters.xml`, which does not exist",
+        ),
+        (
+            "compose/compose.cluster.yaml",
+            "ch-s2-r2: { condition",
+            "ch-s2-r3: { condition",
+            "depends on `ch-s2-r3`, which is no service",
+        ),
+        (
+            "compose/compose.cluster.yaml",
+            "TOPK_CLICKHOUSE_CLUSTER: topk",
+            "TOPK_CLICKHOUSE_CLUSTER: topk2",
+            "TOPK_CLICKHOUSE_CLUSTER is `topk2`, a cluster in the remote_servers of no",
+        ),
+        (
+            "compose/compose.cluster.yaml",
+            "  rollup:\n    environment:\n",
+            "  rollup:\n    environment:\n      TOPK_CLICKHOUSE_URL: http://ch-s2-r1:8123\n",
+            "service rollup reaches ClickHouse at `http://ch-s2-r1:8123`",
+        ),
+        // The Kubernetes cluster overlay: the operator's balanced Service instead of one node,
+        // a binary without the cluster option, a cluster the installation lacks, a Keeper it
+        // does not define, a Secret key that is not there, a patch of nothing, an unknown
+        // variable in a patched ConfigMap.
+        (
+            "k8s-cluster/kustomization.yaml",
+            "TOPK_CLICKHOUSE_URL: \"http://chi-topk-topk-0-0:8123\"",
+            "TOPK_CLICKHOUSE_URL: \"http://clickhouse-topk:8123\"",
+            "is a Service the operator balances over several nodes",
+        ),
+        (
+            "k8s-cluster/kustomization.yaml",
+            "value: \"topk\"",
+            "value: \"\"",
+            "no TOPK_CLICKHOUSE_CLUSTER, but ClickHouse is a cluster",
+        ),
+        (
+            "k8s-cluster/kustomization.yaml",
+            "TOPK_CLICKHOUSE_CLUSTER: \"topk\"",
+            "TOPK_CLICKHOUSE_CLUSTER: \"topk2\"",
+            "TOPK_CLICKHOUSE_CLUSTER `topk2` is no cluster of the",
+        ),
+        (
+            "k8s-cluster/clickhouse-installation.yaml",
+            "host: keeper-topk-keeper",
+            "host: keeper-topk",
+            "zookeeper host `keeper-topk`: no ClickHouseKeeperInstallation",
+        ),
+        (
+            "k8s-cluster/clickhouse-installation.yaml",
+            "key: password",
+            "key: passwd",
+            "secret `topk-clickhouse` has no key `passwd`",
+        ),
+        (
+            "k8s-cluster/kustomization.yaml",
+            "name: topk-rollup",
+            "name: topk-rollups",
+            "patch for CronJob topk-rollups: no such resource",
+        ),
+        (
+            "k8s-cluster/kustomization.yaml",
+            "TOPK_CLICKHOUSE_SETTINGS: \"insert_distributed_sync=1\"",
+            "TOPK_CLICKHOUSE_SETTING: \"insert_distributed_sync=1\"",
+            "`topk-aggregator` does not read `TOPK_CLICKHOUSE_SETTING`",
         ),
     ];
     let mut missed = Vec::new();

@@ -245,6 +245,70 @@ impl ClusterLayout {
             quote_identifier(name),
         ))
     }
+
+    /// A sharded work table laid out like the sharded table `table` (a restore's staging
+    /// table): its local replicated tables under their own ZooKeeper path, and the
+    /// `Distributed` table in front, both `ON CLUSTER`. `show_create_local` is the answer of
+    /// `SHOW CREATE TABLE <db>_local.<table>` (the engine clause with the columns of today's
+    /// schema, which the migrations built up over several statements).
+    pub fn sharded_copy(
+        &self,
+        show_create_local: &str,
+        table: &str,
+        copy: &str,
+    ) -> Result<Vec<String>, String> {
+        let (_, key) = SHARDED_TABLES
+            .iter()
+            .find(|(name, _)| *name == table)
+            .ok_or_else(|| format!("{table} is not sharded"))?;
+        let local = self.local_database();
+        let body = show_create_local
+            .find('(')
+            .map(|start| &show_create_local[start..])
+            .ok_or_else(|| format!("no column list in `{show_create_local}`"))?;
+        let path = format!("/{local}/{table}'");
+        if body.matches(&path).count() != 1 {
+            return Err(format!(
+                "`{table}` is not a ReplicatedMergeTree at the layout's path (…{path}): {body}"
+            ));
+        }
+        let body = body.replace(&path, &format!("/{local}/{copy}'"));
+        Ok(vec![
+            format!(
+                "CREATE TABLE {} {} {body}",
+                self.qualified(&local, copy),
+                self.on_cluster()
+            ),
+            format!(
+                "CREATE TABLE {} {} AS {} ENGINE = Distributed({}, {}, {}, {key})",
+                self.qualified(&self.database, copy),
+                self.on_cluster(),
+                self.qualified(&local, copy),
+                quote_identifier(&self.cluster),
+                quote_identifier(&local),
+                quote_identifier(copy),
+            ),
+        ])
+    }
+
+    /// Drops what [`Self::sharded_copy`] made, if it is there.
+    pub fn drop_sharded_copy(&self, copy: &str) -> Vec<String> {
+        [self.database.clone(), self.local_database()]
+            .iter()
+            .map(|database| {
+                format!(
+                    "DROP TABLE IF EXISTS {} {}",
+                    self.qualified(database, copy),
+                    self.on_cluster()
+                )
+            })
+            .collect()
+    }
+
+    /// The local tables of `table` on every shard, qualified (no `ON CLUSTER`).
+    pub fn local_table(&self, table: &str) -> String {
+        self.qualified(&self.local_database(), table)
+    }
 }
 
 /// Where statements that reach below the tables go: the parts and mutations of a table's data,
@@ -272,6 +336,48 @@ impl Placement {
                 "FROM system.{system_table} WHERE database = currentDatabase() AND table = {table_literal}"
             ),
         }
+    }
+
+    /// The settings of an insert into a sharded table whose rows must be on *every* replica of
+    /// their shard when it returns (a rollup snapshot, before the progress row that makes
+    /// readers use it): on a cluster a synchronous `Distributed` insert with `insert_quorum`
+    /// = the replicas of the smallest shard (read from `system.clusters`), so a shard with a
+    /// replica down fails the insert (within a minute) instead of leaving that replica without the rows. None on
+    /// a single server.
+    ///
+    /// ClickHouse 18.16 runs one quorum insert per table at a time ("Quorum for previous write
+    /// has not been satisfied yet" for a second one): callers issue these inserts one after
+    /// the other.
+    pub async fn all_replicas_insert_settings(
+        &self,
+        client: &clickhouse::Client,
+    ) -> Result<Vec<(&'static str, String)>, String> {
+        let Placement::Cluster(layout) = self else {
+            return Ok(Vec::new());
+        };
+        let replicas: u64 = client
+            .query(
+                "SELECT toUInt64(min(replicas)) FROM (SELECT shard_num, count() AS replicas \
+                 FROM system.clusters WHERE cluster = ? GROUP BY shard_num)",
+            )
+            .bind(&layout.cluster)
+            .fetch_one()
+            .await
+            .map_err(|error| format!("reading cluster `{}`: {error}", layout.cluster))?;
+        if replicas == 0 {
+            return Err(format!(
+                "cluster `{}` is not in the server's system.clusters (remote_servers)",
+                layout.cluster
+            ));
+        }
+        let mut settings = vec![("insert_distributed_sync", "1".to_owned())];
+        if replicas > 1 {
+            settings.push(("insert_quorum", replicas.to_string()));
+            // A replica that died a moment ago still counts as alive until its ZooKeeper
+            // session expires; fail within a minute instead of the default ten.
+            settings.push(("insert_quorum_timeout", "60000".to_owned()));
+        }
+        Ok(settings)
     }
 
     /// The table an `ALTER` of `table`'s data names: on a cluster the local tables of a
@@ -329,6 +435,46 @@ mod tests {
 
     fn layout() -> ClusterLayout {
         ClusterLayout::new("topk", "topk")
+    }
+
+    #[test]
+    fn a_sharded_copy_gets_its_own_replication_path_and_a_distributed_table() {
+        let show = "CREATE TABLE topk_local.plays_minute ( user_id String,  minute DateTime('UTC')) \
+                    ENGINE = ReplicatedMergeTree('/clickhouse/tables/{shard}/topk_local/plays_minute', \
+                    '{replica}') PARTITION BY toDate(minute) ORDER BY (user_id, minute) \
+                    SETTINGS replicated_deduplication_window = 0, index_granularity = 8192";
+        let statements = layout()
+            .sharded_copy(show, "plays_minute", "plays_minute_restore_staging")
+            .unwrap();
+        assert_eq!(
+            statements[0],
+            "CREATE TABLE `topk_local`.`plays_minute_restore_staging` ON CLUSTER `topk` \
+             ( user_id String,  minute DateTime('UTC')) ENGINE = ReplicatedMergeTree(\
+             '/clickhouse/tables/{shard}/topk_local/plays_minute_restore_staging', '{replica}') \
+             PARTITION BY toDate(minute) ORDER BY (user_id, minute) \
+             SETTINGS replicated_deduplication_window = 0, index_granularity = 8192"
+        );
+        assert_eq!(
+            statements[1],
+            "CREATE TABLE `topk`.`plays_minute_restore_staging` ON CLUSTER `topk` AS \
+             `topk_local`.`plays_minute_restore_staging` ENGINE = Distributed(`topk`, \
+             `topk_local`, `plays_minute_restore_staging`, cityHash64(user_id))"
+        );
+        assert!(layout()
+            .sharded_copy(
+                "CREATE TABLE x (a UInt8) ENGINE = MergeTree ORDER BY a",
+                "plays_minute",
+                "c"
+            )
+            .is_err());
+        assert!(layout().sharded_copy(show, "ingest_claims", "c").is_err());
+        assert_eq!(
+            layout().drop_sharded_copy("c"),
+            vec![
+                "DROP TABLE IF EXISTS `topk`.`c` ON CLUSTER `topk`",
+                "DROP TABLE IF EXISTS `topk_local`.`c` ON CLUSTER `topk`"
+            ]
+        );
     }
 
     #[test]

@@ -51,6 +51,16 @@ pub struct ClickHouseOptions {
     pub clickhouse_settings: Vec<String>,
 }
 
+/// Sent with every query on a cluster (before `--clickhouse-settings`, which can replace
+/// them): a `Distributed` read skips a replica more than 30 s behind its shard (a replica
+/// restarted after an outage, fetching what it missed) and fails rather than read from one
+/// when every replica of a shard is that far behind (ClickHouse's defaults are 300 s and
+/// reading the stale replica anyway, which answers counts short without saying so).
+pub const CLUSTER_READ_SETTINGS: [(&str, &str); 2] = [
+    ("max_replica_delay_for_distributed_queries", "30"),
+    ("fallback_to_stale_replicas_for_distributed_queries", "0"),
+];
+
 /// Accepts `name=value` with a setting name of letters, digits and underscores.
 /// An empty value (e.g. `TOPK_CLICKHOUSE_SETTINGS=`) sets nothing.
 fn parse_setting(pair: &str) -> Result<String, String> {
@@ -108,6 +118,12 @@ impl ClickHouseOptions {
             .with_user(&self.clickhouse_user)
             .with_password(&self.clickhouse_password)
             .with_validation(false);
+        if !self.clickhouse_cluster.is_empty() {
+            for (name, value) in CLUSTER_READ_SETTINGS {
+                client = client.with_setting(name, value);
+            }
+        }
+        // After the defaults: a setting named here replaces a default.
         for setting in &self.clickhouse_settings {
             if let Some((name, value)) = setting.split_once('=') {
                 client = client.with_setting(name, value);
