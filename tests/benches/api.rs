@@ -43,7 +43,9 @@ mod driver;
 #[path = "api/wrk.rs"]
 mod wrk;
 
-const JWT_SECRET: &str = "bench-secret";
+/// At least 32 bytes: the API refuses shorter HS256 secrets.
+const JWT_SECRET: &str = "topk-bench-secret-at-least-32-bytes";
+const JWT_AUDIENCE: &str = "topk-api";
 /// The API-versus-ceiling comparison alternates this many rounds of each.
 const ROUNDS: u64 = 3;
 
@@ -81,6 +83,7 @@ async fn run() -> anyhow::Result<()> {
     let mut config = ApiConfig::with_clickhouse(options.clone());
     config.auth_mode = AuthMode::Hs256;
     config.jwt_hs256_secret = JWT_SECRET.to_owned();
+    config.jwt_audience = JWT_AUDIENCE.to_owned();
     config.max_concurrent_requests = u32::try_from(limit)?;
     let state = AppState::from_config(&config)?.with_clock(Clock::Fixed(now));
     let window = Window::last_week(now);
@@ -257,6 +260,7 @@ fn read_any_token() -> anyhow::Result<String> {
     let claims = serde_json::json!({
         "sub": "bench",
         "scope": "topk:read:any",
+        "aud": JWT_AUDIENCE,
         "exp": Utc::now().timestamp() + 3600,
     });
     Ok(jsonwebtoken::encode(

@@ -12,9 +12,8 @@ use std::time::Instant;
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{BoxError, Router};
 use tokio::net::TcpListener;
 use tower::limit::GlobalConcurrencyLimitLayer;
@@ -49,6 +48,10 @@ pub fn app(state: AppState) -> Router {
         .merge(limited)
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            request_timeout,
+        ))
         .layer(middleware::from_fn(record_request_metrics))
         .layer(
             ServiceBuilder::new()
@@ -103,22 +106,31 @@ async fn record_request_metrics(request: Request, next: Next) -> Response {
     response
 }
 
-/// Serves `state`'s API on `listener` until `shutdown` completes, then lets requests in
-/// flight finish.
+/// Serves `state`'s API on `listener` within its edge limits ([`crate::edge`]) until
+/// `shutdown` completes, then lets requests in flight finish.
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    // Answers are small and written at once: never hold them back for Nagle's algorithm.
-    let listener = listener.tap_io(|stream| {
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%error, "cannot set tcp_nodelay");
+    let limits = state.edge_limits();
+    crate::edge::serve_with_limits(listener, app(state), limits, shutdown).await
+}
+
+/// Answers 503 (with `Retry-After`) for a request still unanswered at the request timeout.
+async fn request_timeout(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let timeout = state.request_timeout();
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            metrics::counter!("http_requests_timed_out_total").increment(1);
+            AppError::RequestTimeout(timeout).into_response()
         }
-    });
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    }
 }
 
 /// Installs the Ctrl-C and SIGTERM handlers now; completes on the first signal.
@@ -127,5 +139,55 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send + 'static {
     async move {
         signal.await;
         tracing::info!("shutdown signal received, finishing requests in flight");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use axum::body::Body;
+    use axum::http::StatusCode;
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::config::ApiConfig;
+
+    #[tokio::test]
+    async fn a_request_unanswered_at_the_request_timeout_is_a_503() {
+        let mut config = ApiConfig::with_clickhouse(topk_core::db::ClickHouseOptions::new(
+            "http://127.0.0.1:1",
+            "topk",
+        ));
+        config.query_timeout_ms = 100;
+        config.request_timeout_ms = 300;
+        let state = AppState::from_config(&config).unwrap();
+        // Never below the query timeout plus a second.
+        assert_eq!(state.request_timeout(), Duration::from_millis(1100));
+        let slow = Router::new()
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    "late"
+                }),
+            )
+            .layer(middleware::from_fn_with_state(
+                state.clone(),
+                request_timeout,
+            ))
+            .with_state(state);
+        let started = Instant::now();
+        let response = slow
+            .oneshot(Request::get("/slow").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(1100) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
     }
 }

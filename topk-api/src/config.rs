@@ -27,6 +27,21 @@ pub struct ApiConfig {
     #[arg(long, env = "TOPK_API_MAX_CONCURRENT_REQUESTS", default_value_t = 32,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_requests: u32,
+    /// Longest a whole request may take, from its headers to its answer (milliseconds); past
+    /// it the answer is 503 with `Retry-After`. Never less than the query timeout plus a
+    /// second (the query timeout answers first).
+    #[arg(long, env = "TOPK_API_REQUEST_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_ms: u64,
+    /// Longest a client may take to send a request's headers, and to stay idle between
+    /// requests on a kept-alive connection, before the connection is closed (milliseconds).
+    #[arg(long, env = "TOPK_API_HEADER_READ_TIMEOUT_MS", default_value_t = 5000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_ms: u64,
+    /// Open connections at most; further clients wait in the listen backlog until one closes.
+    #[arg(long, env = "TOPK_API_MAX_CONNECTIONS", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
     /// How long the set of rolled-up days read from `rollup_progress` is reused
     /// (milliseconds; 0 reads it on every request, a second query per request).
     #[arg(long, env = "TOPK_API_ROLLED_DAYS_CACHE_MS", default_value_t = 5000)]
@@ -38,7 +53,7 @@ pub struct ApiConfig {
     pub auth_mode: AuthMode,
     // The four options below are strings whose empty default means "unset" (not `Option`), so
     // that the config file can set them: the file may only set options that have a default.
-    /// The HS256 shared secret (auth_mode = hs256).
+    /// The HS256 shared secret (auth_mode = hs256), at least 32 bytes.
     #[arg(
         long,
         env = "TOPK_API_JWT_HS256_SECRET",
@@ -63,7 +78,8 @@ pub struct ApiConfig {
         hide_default_value = true
     )]
     pub jwt_issuer: String,
-    /// When set, a token's `aud` must contain it.
+    /// When set, a token's `aud` must contain it. With auth on, set it (or
+    /// --jwt-allow-any-audience): the server refuses to start without either.
     #[arg(
         long,
         env = "TOPK_API_JWT_AUDIENCE",
@@ -71,6 +87,11 @@ pub struct ApiConfig {
         hide_default_value = true
     )]
     pub jwt_audience: String,
+    /// With auth on and no jwt_audience, accept tokens whatever their `aud`, including tokens
+    /// the identity provider issued for other services. Without this flag (or jwt_audience)
+    /// the server refuses to start with auth on.
+    #[arg(long, env = "TOPK_API_JWT_ALLOW_ANY_AUDIENCE")]
+    pub jwt_allow_any_audience: bool,
     #[command(flatten)]
     #[serde(flatten)]
     pub clickhouse: ClickHouseOptions,
@@ -96,6 +117,20 @@ impl ApiConfig {
 
     pub fn query_timeout(&self) -> Duration {
         Duration::from_millis(self.query_timeout_ms)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(
+            self.request_timeout_ms
+                .max(self.query_timeout_ms.saturating_add(1000)),
+        )
+    }
+
+    pub fn edge_limits(&self) -> crate::edge::EdgeLimits {
+        crate::edge::EdgeLimits {
+            max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_millis(self.header_read_timeout_ms),
+        }
     }
 
     pub fn rolled_days_cache(&self) -> Duration {
@@ -152,6 +187,23 @@ mod tests {
         assert_eq!(config.jwt_issuer(), Some("idp"));
         assert_eq!(config.jwt_audience(), None);
         assert_eq!(config.query_timeout_ms, 900);
+    }
+
+    #[test]
+    fn any_audience_is_refused_unless_allowed_by_flag_or_file() {
+        let config: ApiConfig = load_from(["topk-api"]).unwrap();
+        assert!(!config.jwt_allow_any_audience);
+        let config: ApiConfig = load_from(["topk-api", "--jwt-allow-any-audience"]).unwrap();
+        assert!(config.jwt_allow_any_audience);
+        let path = std::env::temp_dir().join(format!(
+            "topk-api-config-any-audience-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "jwt_allow_any_audience = true\n").unwrap();
+        let config: ApiConfig =
+            load_from(["topk-api", "--config", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(config.jwt_allow_any_audience);
     }
 
     #[test]

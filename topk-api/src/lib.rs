@@ -10,6 +10,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod openapi;
 pub mod ranking;

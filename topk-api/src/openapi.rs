@@ -22,6 +22,14 @@ fn error_response(description: &str) -> Value {
     })
 }
 
+/// `response` with its RFC 6750 `WWW-Authenticate` header.
+fn challenged(mut response: Value, challenge: &str) -> Value {
+    response["headers"] = json!({
+        "WWW-Authenticate": {"description": challenge, "schema": {"type": "string"}}
+    });
+    response
+}
+
 fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
     let mut parameters = vec![json!({
         "name": "limit",
@@ -42,6 +50,18 @@ fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
             }),
         );
     }
+    parameters.push(json!({
+        "name": "If-None-Match",
+        "in": "header",
+        "required": false,
+        "description": "An ETag of an earlier answer (or a list of them, or *): 304 when the answer is still the same.",
+        "schema": {"type": "string"}
+    }));
+    let validators = json!({
+        "ETag": {"description": "Weak tag of the answer's content (user, window start, songs, exact).", "schema": {"type": "string"}},
+        "Cache-Control": {"description": "private, no-cache: a user's answer, revalidated each time.", "schema": {"type": "string"}},
+        "Vary": {"description": "Authorization", "schema": {"type": "string"}}
+    });
     json!({
         "summary": summary,
         "security": [{}, {"bearer": []}],
@@ -49,11 +69,17 @@ fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
         "responses": {
             "200": {
                 "description": "The top songs of the window: plays descending, then song_id ascending.",
+                "headers": validators,
                 "content": {"application/json": {"schema": {"$ref": "#/components/schemas/TopSongs"}}}
             },
+            "304": {
+                "description": "Not modified: the answer still has the ETag named in If-None-Match (no body).",
+                "headers": validators
+            },
             "400": error_response("Bad user id, limit or query parameter"),
-            "401": error_response("Missing or invalid token (auth on)"),
-            "403": error_response("The token may not read this user"),
+            "401": challenged(error_response("Missing or invalid token (auth on); one message for every reason"), "Bearer realm=\"topk\", plus error=\"invalid_token\" when a token was sent"),
+            "403": challenged(error_response("The token may not read this user"), "Bearer realm=\"topk\", error=\"insufficient_scope\", scope=\"topk:read:any\""),
+            "500": error_response("A query ClickHouse refused: a bug, logged with the request id"),
             "503": error_response("ClickHouse unavailable or slow, or too many requests in flight; see Retry-After"),
         }
     })

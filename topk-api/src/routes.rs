@@ -2,12 +2,13 @@
 
 use axum::extract::{FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
-use axum::http::{header, StatusCode};
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use sha2::{Digest, Sha256};
 use topk_core::event::check_id;
 use topk_core::window::Window;
 
@@ -103,9 +104,11 @@ pub async fn user_top_songs(
     caller: Caller,
     UserIdPath(user_id): UserIdPath,
     params: TopSongsParams,
-) -> Result<Json<TopSongsResponse>, AppError> {
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     caller.authorize(&user_id)?;
-    top_songs(&state, user_id, params).await
+    let body = top_songs(&state, user_id, params).await?;
+    Ok(cacheable(body, &headers))
 }
 
 /// `GET /v1/me/top-songs`: the token's own user.
@@ -113,20 +116,74 @@ pub async fn my_top_songs(
     State(state): State<AppState>,
     caller: Caller,
     params: TopSongsParams,
-) -> Result<Json<TopSongsResponse>, AppError> {
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
     let user_id = caller.own_user()?.to_owned();
-    top_songs(&state, user_id, params).await
+    let body = top_songs(&state, user_id, params).await?;
+    Ok(cacheable(body, &headers))
+}
+
+/// The answer with its validators: a weak `ETag` over what the answer says (the user, the
+/// window's first day, the songs with their plays, `exact`; not `generated_at` nor the
+/// window's end, which move every second while the counts stay), `304 Not Modified` without a
+/// body when the request's `If-None-Match` names it, and `Cache-Control: private, no-cache` with
+/// `Vary: Authorization` (a user's answer is theirs: shared caches must not keep it, and the
+/// client revalidates each time).
+fn cacheable(body: TopSongsResponse, request_headers: &HeaderMap) -> Response {
+    let etag = entity_tag(&body);
+    let mut response = if if_none_match(request_headers, &etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        Json(body).into_response()
+    };
+    let headers = response.headers_mut();
+    if let Ok(value) = HeaderValue::from_str(&etag) {
+        headers.insert(header::ETAG, value);
+    }
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
+    headers.insert(header::VARY, HeaderValue::from_static("Authorization"));
+    response
+}
+
+/// `W/"<32 hex digits>"`: the first 128 bits of a SHA-256 over the answer's content.
+pub fn entity_tag(body: &TopSongsResponse) -> String {
+    let content = json!({
+        "user_id": body.user_id,
+        "from": body.window.from,
+        "songs": body.songs,
+        "exact": body.exact,
+    });
+    let digest = Sha256::digest(content.to_string().as_bytes());
+    let hex: String = digest[..16]
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect();
+    format!("W/\"{hex}\"")
+}
+
+/// Whether `If-None-Match` names `etag` (weak comparison, RFC 9110 §13.1.2) or is `*`.
+fn if_none_match(headers: &HeaderMap, etag: &str) -> bool {
+    let opaque = |tag: &str| tag.trim().trim_start_matches("W/").to_owned();
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|tag| tag.trim() == "*" || opaque(tag) == opaque(etag))
 }
 
 async fn top_songs(
     state: &AppState,
     user_id: String,
     params: TopSongsParams,
-) -> Result<Json<TopSongsResponse>, AppError> {
+) -> Result<TopSongsResponse, AppError> {
     let window = Window::last_week(state.now());
     let stored = state.store().songs_in_window(&user_id, &window).await?;
     let ranking = rank(stored.songs, params.limit);
-    Ok(Json(TopSongsResponse {
+    Ok(TopSongsResponse {
         user_id,
         window: WindowBody {
             from: rfc3339(window.from),
@@ -149,7 +206,7 @@ async fn top_songs(
             )
             .collect(),
         exact: ranking.exact && stored.complete,
-    }))
+    })
 }
 
 /// `GET /healthz`: the process is up (ClickHouse is not consulted).

@@ -41,6 +41,8 @@ struct Shared {
     metrics_handle: PrometheusHandle,
     /// Permits of the concurrency limit, shared by every limited route.
     in_flight: Arc<Semaphore>,
+    request_timeout: std::time::Duration,
+    edge_limits: crate::edge::EdgeLimits,
 }
 
 /// The process-wide Prometheus recorder, installed once however many apps a process builds.
@@ -55,10 +57,24 @@ impl AppState {
     pub fn from_config(config: &ApiConfig) -> Result<Self, AuthConfigError> {
         // Responses are a few hundred rows: compressing them costs both sides more CPU than
         // it saves on the wire.
-        let client = config
+        let mut client = config
             .clickhouse
             .client()
             .with_compression(clickhouse::Compression::None);
+        // A request answered 503 at its timeout must not leave its query running in
+        // ClickHouse: every query stops there too (whole seconds: 18.16 counts no fractions),
+        // unless `--clickhouse-settings` names a limit of its own.
+        let configured = |name: &str| {
+            config
+                .clickhouse
+                .clickhouse_settings
+                .iter()
+                .any(|setting| setting.split_once('=').is_some_and(|(key, _)| key == name))
+        };
+        if !configured("max_execution_time") {
+            let seconds = config.query_timeout().as_millis().div_ceil(1000).max(1);
+            client = client.with_setting("max_execution_time", seconds.to_string());
+        }
         let permits = usize::try_from(config.max_concurrent_requests).unwrap_or(usize::MAX);
         Ok(Self {
             shared: Arc::new(Shared {
@@ -71,6 +87,8 @@ impl AppState {
                 authenticator: Authenticator::from_config(config)?,
                 metrics_handle: metrics_handle(),
                 in_flight: Arc::new(Semaphore::new(permits)),
+                request_timeout: config.request_timeout(),
+                edge_limits: config.edge_limits(),
             }),
             clock: Clock::System,
         })
@@ -97,7 +115,48 @@ impl AppState {
         &self.shared.metrics_handle
     }
 
+    /// The per-request timeout (see [`ApiConfig::request_timeout`]).
+    pub fn request_timeout(&self) -> std::time::Duration {
+        self.shared.request_timeout
+    }
+
+    /// The connection limits [`crate::serve`] applies.
+    pub fn edge_limits(&self) -> crate::edge::EdgeLimits {
+        self.shared.edge_limits
+    }
+
     pub fn in_flight(&self) -> Arc<Semaphore> {
         Arc::clone(&self.shared.in_flight)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_stop_in_clickhouse_at_the_request_timeout() {
+        let mut config = ApiConfig::with_clickhouse(topk_core::db::ClickHouseOptions::new(
+            "http://127.0.0.1:1",
+            "topk",
+        ));
+        config.query_timeout_ms = 1500;
+        let state = AppState::from_config(&config).unwrap();
+        assert_eq!(
+            state.store().client().get_setting("max_execution_time"),
+            Some("2")
+        );
+        config.query_timeout_ms = 200;
+        let state = AppState::from_config(&config).unwrap();
+        assert_eq!(
+            state.store().client().get_setting("max_execution_time"),
+            Some("1")
+        );
+        config.clickhouse.clickhouse_settings = vec!["max_execution_time=30".to_owned()];
+        let state = AppState::from_config(&config).unwrap();
+        assert_eq!(
+            state.store().client().get_setting("max_execution_time"),
+            Some("30")
+        );
     }
 }

@@ -69,6 +69,11 @@ impl Store {
         }
     }
 
+    /// The client every query of the API goes through (with its settings).
+    pub fn client(&self) -> &clickhouse::Client {
+        &self.client
+    }
+
     /// Every song `user_id` played in `window`, with its plays and the truncation facts
     /// [`crate::ranking::rank`] needs. Answers within the query timeout or fails with
     /// [`AppError::QueryTimeout`].

@@ -1,8 +1,10 @@
-//! Auth: HS256 and RS256 tokens, who may read whom, and the 401/403 cases.
+//! Auth: HS256 and RS256 tokens, who may read whom, and the 401/403 cases with their RFC 6750
+//! challenges.
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
+use serde_json::json;
 use topk_tests::stack;
 
 use super::*;
@@ -48,12 +50,29 @@ i44WV/DIBTNOnACAkdTRH/mdJ1E92nZwJ4/63Bp7cVFtqAqpVX18SQjdgSSWg/9f\n\
 5wIDAQAB\n\
 -----END PUBLIC KEY-----\n";
 
+/// The HS256 secret of these tests (at least 32 bytes, as the server requires).
+const TEST_SECRET: &str = "topk-api-test-secret-32-bytes-ok";
+/// Signs with another secret of the same length: a bad signature.
+const WRONG_SECRET: &str = "topk-api-wrong-secret-32-bytes-ok";
+
+/// What every 401 says, whichever check failed.
+const UNAUTHENTICATED_MESSAGE: &str = "missing or invalid bearer token";
+const CHALLENGE_MISSING: &str = "Bearer realm=\"topk\"";
+const CHALLENGE_INVALID_TOKEN: &str = "Bearer realm=\"topk\", error=\"invalid_token\"";
+const CHALLENGE_INSUFFICIENT_SCOPE: &str =
+    "Bearer realm=\"topk\", error=\"insufficient_scope\", scope=\"topk:read:any\"";
+
 #[derive(serde::Serialize)]
 struct TestClaims<'a> {
     sub: &'a str,
     exp: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
-    scope: Option<&'a str>,
+    nbf: Option<i64>,
+    /// A string or an array of strings.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scp: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     iss: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -64,7 +83,9 @@ fn claims(sub: &str) -> TestClaims<'_> {
     TestClaims {
         sub,
         exp: Utc::now().timestamp() + 600,
+        nbf: None,
         scope: None,
+        scp: None,
         iss: None,
         aud: None,
     }
@@ -103,7 +124,7 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
     .await;
     let mut config = config(options);
     config.auth_mode = AuthMode::Hs256;
-    config.jwt_hs256_secret = "test-secret".to_owned();
+    config.jwt_hs256_secret = TEST_SECRET.to_owned();
     config.jwt_issuer = "topk-idp".to_owned();
     config.jwt_audience = "topk-api".to_owned();
     let app = fixed_app(&config);
@@ -111,7 +132,7 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
     let signed = |claims: TestClaims<'_>| {
         let iss = claims.iss.or(Some("topk-idp"));
         let aud = claims.aud.or(Some("topk-api"));
-        hs256(&TestClaims { iss, aud, ..claims }, "test-secret")
+        hs256(&TestClaims { iss, aud, ..claims }, TEST_SECRET)
     };
     let alice = signed(claims("alice"));
     let alice_uri = "/v1/users/alice/top-songs";
@@ -128,7 +149,7 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
     assert_error(&someone_else, StatusCode::FORBIDDEN, "forbidden");
     for scope in ["topk:read:any", "profile topk:read:any email"] {
         let admin = signed(TestClaims {
-            scope: Some(scope),
+            scope: Some(scope.into()),
             ..claims("ops")
         });
         let reply = get(&app, "/v1/users/bob/top-songs", Some(&admin)).await;
@@ -137,7 +158,7 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
     }
     for scope in ["topk:read:anything", "TOPK:READ:ANY", "topk:read"] {
         let almost = signed(TestClaims {
-            scope: Some(scope),
+            scope: Some(scope.into()),
             ..claims("ops")
         });
         assert_error(
@@ -156,13 +177,13 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
                 aud: Some("topk-api"),
                 ..claims("alice")
             },
-            "wrong-secret",
+            WRONG_SECRET,
         )),
         Some(signed(TestClaims {
             exp: Utc::now().timestamp() - 3600,
             ..claims("alice")
         })),
-        Some(hs256(&claims("alice"), "test-secret")),
+        Some(hs256(&claims("alice"), TEST_SECRET)),
         Some(signed(TestClaims {
             iss: Some("someone-else"),
             ..claims("alice")
@@ -187,7 +208,20 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
                 "{uri} with {token:?}"
             );
             assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthenticated");
-            assert!(reply.headers.contains_key(header::WWW_AUTHENTICATE));
+            assert_eq!(
+                reply.body["error"]["message"], UNAUTHENTICATED_MESSAGE,
+                "{uri} with {token:?}"
+            );
+            let challenge = if token.is_some() {
+                CHALLENGE_INVALID_TOKEN
+            } else {
+                CHALLENGE_MISSING
+            };
+            assert_eq!(
+                reply.headers[header::WWW_AUTHENTICATE],
+                challenge,
+                "{uri} with {token:?}"
+            );
         }
     }
     let basic = app
@@ -201,6 +235,8 @@ async fn hs256_tokens_read_their_own_user_or_anyone_with_the_scope() {
         .await
         .unwrap();
     assert_eq!(basic.status(), StatusCode::UNAUTHORIZED);
+    // Another scheme is no bearer authentication at all: no error attribute (RFC 6750 §3.1).
+    assert_eq!(basic.headers()[header::WWW_AUTHENTICATE], CHALLENGE_MISSING);
     // Authentication comes before input validation: no token, bad limit → 401.
     assert_error(
         &get(&app, "/v1/users/alice/top-songs?limit=0", None).await,
@@ -223,6 +259,10 @@ async fn rs256_tokens_are_verified_with_the_public_key() {
     let mut config = config(options);
     config.auth_mode = AuthMode::Rs256;
     config.jwt_rs256_public_key_file = key_path.to_str().unwrap().to_owned();
+    // No audience: refused at startup unless accepting any audience is asked for explicitly.
+    let error = AppState::from_config(&config).unwrap_err().to_string();
+    assert!(error.contains("TOPK_API_JWT_AUDIENCE"), "{error}");
+    config.jwt_allow_any_audience = true;
     let app = fixed_app(&config);
     std::fs::remove_file(&key_path).unwrap();
 
@@ -241,7 +281,7 @@ async fn rs256_tokens_are_verified_with_the_public_key() {
     .await;
     assert_error(&other, StatusCode::FORBIDDEN, "forbidden");
     let any = rs256(&TestClaims {
-        scope: Some("topk:read:any"),
+        scope: Some("topk:read:any".into()),
         ..claims("carol")
     });
     assert_eq!(
@@ -266,4 +306,134 @@ async fn rs256_tokens_are_verified_with_the_public_key() {
         AppState::from_config(&missing_key).is_err(),
         "hs256 without a secret"
     );
+}
+
+/// The rules of issue 13: `nbf`, scopes as arrays and `scp`, RFC 6750 challenges, and one
+/// 401 body whichever check failed.
+#[tokio::test]
+async fn nbf_scope_forms_and_rfc6750_challenges() {
+    let options = stack::fresh_database("api_auth_rules").await;
+    let mut counts = Counts::new();
+    counts.insert(
+        ("bob".to_owned(), day(2)),
+        [("song-b".to_owned(), 4)].into(),
+    );
+    topk_tests::committed::write_committed(
+        &options,
+        &minute_rows(&mut StdRng::seed_from_u64(13), &counts),
+    )
+    .await;
+    let mut config = config(options);
+    config.auth_mode = AuthMode::Hs256;
+    config.jwt_hs256_secret = TEST_SECRET.to_owned();
+    config.jwt_audience = "topk-api".to_owned();
+    let app = fixed_app(&config);
+    let signed = |claims: TestClaims<'_>| {
+        hs256(
+            &TestClaims {
+                aud: claims.aud.or(Some("topk-api")),
+                ..claims
+            },
+            TEST_SECRET,
+        )
+    };
+    let bob_uri = "/v1/users/bob/top-songs";
+
+    // nbf: in the future → 401 invalid_token; in the past → accepted.
+    let not_yet = signed(TestClaims {
+        nbf: Some(Utc::now().timestamp() + 600),
+        ..claims("bob")
+    });
+    let reply = get(&app, bob_uri, Some(&not_yet)).await;
+    assert_error(&reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_eq!(
+        reply.headers[header::WWW_AUTHENTICATE],
+        CHALLENGE_INVALID_TOKEN
+    );
+    let already = signed(TestClaims {
+        nbf: Some(Utc::now().timestamp() - 600),
+        ..claims("bob")
+    });
+    let reply = get(&app, bob_uri, Some(&already)).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.body);
+
+    // The read-any scope as an array, and in `scp` as a string or an array: alice reads bob.
+    let granting = [
+        (Some(json!(["openid", "topk:read:any"])), None),
+        (None, Some(json!("User.Read topk:read:any"))),
+        (None, Some(json!(["topk:read:any"]))),
+    ];
+    for (scope, scp) in granting {
+        let token = signed(TestClaims {
+            scope: scope.clone(),
+            scp: scp.clone(),
+            ..claims("alice")
+        });
+        let reply = get(&app, bob_uri, Some(&token)).await;
+        assert_eq!(
+            reply.status,
+            StatusCode::OK,
+            "{scope:?} {scp:?}: {}",
+            reply.body
+        );
+        assert_eq!(song_list(&reply.body), [("song-b".to_owned(), 4)]);
+    }
+
+    // Without it: 403 with the insufficient_scope challenge naming the scope needed.
+    for (scope, scp) in [
+        (None, None),
+        (Some(json!(["openid", "topk:read"])), None),
+        (None, Some(json!("User.Read"))),
+        (Some(json!(["openid topk:read:any"])), None),
+    ] {
+        let token = signed(TestClaims {
+            scope: scope.clone(),
+            scp: scp.clone(),
+            ..claims("alice")
+        });
+        let reply = get(&app, bob_uri, Some(&token)).await;
+        assert_error(&reply, StatusCode::FORBIDDEN, "forbidden");
+        assert_eq!(
+            reply.headers[header::WWW_AUTHENTICATE],
+            CHALLENGE_INSUFFICIENT_SCOPE,
+            "{scope:?} {scp:?}"
+        );
+    }
+
+    // Expired and wrongly signed (and the other failures): the same 401 body, byte for byte.
+    let expired = signed(TestClaims {
+        exp: Utc::now().timestamp() - 3600,
+        ..claims("bob")
+    });
+    let bad_signature = hs256(
+        &TestClaims {
+            aud: Some("topk-api"),
+            ..claims("bob")
+        },
+        WRONG_SECRET,
+    );
+    let wrong_audience = signed(TestClaims {
+        aud: Some("another-api"),
+        ..claims("bob")
+    });
+    let expired_reply = get(&app, bob_uri, Some(&expired)).await;
+    assert_error(&expired_reply, StatusCode::UNAUTHORIZED, "unauthenticated");
+    assert_eq!(
+        expired_reply.body,
+        json!({"error": {"code": "unauthenticated", "message": UNAUTHENTICATED_MESSAGE}})
+    );
+    for token in [&bad_signature, &not_yet, &wrong_audience] {
+        let reply = get(&app, bob_uri, Some(token)).await;
+        assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(reply.body, expired_reply.body);
+        assert_eq!(
+            reply.headers[header::WWW_AUTHENTICATE],
+            CHALLENGE_INVALID_TOKEN
+        );
+    }
+    // A missing token: the same body, a challenge without an error attribute.
+    let missing = get(&app, bob_uri, None).await;
+    assert_eq!(missing.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(missing.body, expired_reply.body);
+    assert_eq!(missing.headers[header::WWW_AUTHENTICATE], CHALLENGE_MISSING);
 }

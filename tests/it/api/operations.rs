@@ -368,3 +368,233 @@ async fn binary_serves_metrics_and_stops_on_sigterm() {
         child.log_path.display()
     );
 }
+
+/// One committed play of `song` for `user` in the fixed clock's current minute.
+fn play_now(user: &str, song: &str, plays: u64) -> MinuteRow {
+    let current = now();
+    MinuteRow {
+        user_id: user.to_owned(),
+        song_id: song.to_owned(),
+        minute: current - chrono::Duration::seconds(current.timestamp() % 60),
+        plays,
+        topic: "plays".to_owned(),
+        kafka_partition: 0,
+        flush_offset: 1,
+        claim_id: 0,
+        flush_seq: 0,
+    }
+}
+
+/// `GET uri` with `If-None-Match: if_none_match`: status, headers and body bytes.
+async fn get_if_none_match(
+    app: &Router,
+    uri: &str,
+    if_none_match: &str,
+) -> (StatusCode, HeaderMap, Vec<u8>) {
+    let request = Request::get(uri)
+        .header(header::IF_NONE_MATCH, if_none_match)
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .unwrap();
+    (status, headers, bytes.to_vec())
+}
+
+/// Answers are private, revalidated with a weak ETag over their content: a matching
+/// `If-None-Match` gets a 304 without a body; new plays change the tag.
+#[tokio::test]
+async fn a_matching_if_none_match_gets_a_304_and_new_plays_a_new_etag() {
+    let options = stack::fresh_database("api_etag").await;
+    topk_tests::committed::write_committed(&options, &[play_now("etag-user", "s1", 3)]).await;
+    // No reuse of the read plan (which flushes are committed): the new play below is seen at
+    // once.
+    let mut fresh = config(options.clone());
+    fresh.rolled_days_cache_ms = 0;
+    let app = fixed_app(&fresh);
+    let uri = "/v1/users/etag-user/top-songs";
+    let first = get(&app, uri, None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.body);
+    let etag = first.headers[header::ETAG].to_str().unwrap().to_owned();
+    assert!(etag.starts_with("W/\"") && etag.len() == 36, "{etag}");
+    assert_eq!(first.headers[header::CACHE_CONTROL], "private, no-cache");
+    assert_eq!(first.headers[header::VARY], "Authorization");
+    // Asked again (generated_at differs): the same tag.
+    assert_eq!(
+        get(&app, uri, None).await.headers[header::ETAG],
+        etag.as_str()
+    );
+
+    for if_none_match in [etag.clone(), format!("\"other\", {etag}"), "*".to_owned()] {
+        let (status, headers, body) = get_if_none_match(&app, uri, &if_none_match).await;
+        assert_eq!(
+            status,
+            StatusCode::NOT_MODIFIED,
+            "If-None-Match: {if_none_match}"
+        );
+        assert!(body.is_empty());
+        assert_eq!(headers[header::ETAG], etag.as_str());
+        assert_eq!(headers[header::VARY], "Authorization");
+    }
+    let (status, _, body) = get_if_none_match(&app, uri, "W/\"0000\"").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!body.is_empty());
+
+    // A new play: the answer changes, and so does its tag.
+    topk_tests::committed::write_committed(&options, &[play_now("etag-user", "s2", 5)]).await;
+    let (status, headers, _) = get_if_none_match(&app, uri, &etag).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(headers[header::ETAG], etag.as_str());
+}
+
+/// A query ClickHouse refuses (here a table renamed by hand) is a bug, not an outage: 500,
+/// no `Retry-After`, nothing of ClickHouse's message in the body. (ClickHouse down is the
+/// 503 of `clickhouse_unreachable_or_slow_is_a_fast_503`.)
+#[tokio::test]
+async fn a_query_clickhouse_refuses_is_a_500_not_a_503() {
+    let options = stack::fresh_database("api_broken_query").await;
+    topk_tests::committed::write_committed(&options, &[play_now("u", "s1", 1)]).await;
+    options
+        .client()
+        .query("RENAME TABLE daily_top TO daily_top_renamed")
+        .execute()
+        .await
+        .unwrap();
+    let app = fixed_app(&config(options));
+    let reply = get(&app, "/v1/users/u/top-songs", None).await;
+    assert_error(&reply, StatusCode::INTERNAL_SERVER_ERROR, "internal_error");
+    assert!(!reply.headers.contains_key(header::RETRY_AFTER));
+    assert!(
+        !reply.body.to_string().contains("daily_top"),
+        "no internals leak: {}",
+        reply.body
+    );
+}
+
+/// Serves an API with `config`'s edge limits on a socket; returns its port and the means to
+/// stop it.
+async fn serve_edge(
+    config: &ApiConfig,
+) -> (
+    u16,
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let state = AppState::from_config(config).unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(topk_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    (port, stop, server)
+}
+
+/// Reads until the peer closes the connection (Ok(bytes read)) or `within` passes (Err).
+async fn read_until_closed(stream: &mut TcpStream, within: Duration) -> Result<Vec<u8>, ()> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let read = async {
+        let mut buffer = [0u8; 4096];
+        loop {
+            match stream.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(count) => received.extend_from_slice(&buffer[..count]),
+            }
+        }
+    };
+    tokio::time::timeout(within, read).await.map_err(|_| ())?;
+    Ok(received)
+}
+
+/// A client that sends half a request's headers and then nothing is disconnected at the
+/// header-read timeout; so is a kept-alive connection left idle after an answer.
+#[tokio::test]
+async fn a_slow_header_client_and_an_idle_connection_are_dropped_at_the_timeout() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = config_for_port(closed_port().await);
+    config.header_read_timeout_ms = 600;
+    let (port, stop, server) = serve_edge(&config).await;
+
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let started = Instant::now();
+    slow.write_all(b"GET /healthz HTTP/1.1\r\nHost: topk\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let closed = read_until_closed(&mut slow, Duration::from_secs(5)).await;
+    let took = started.elapsed();
+    assert!(
+        closed.is_ok(),
+        "the slow client was not disconnected in 5 s"
+    );
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        "disconnected after {took:?} (timeout 600 ms)"
+    );
+
+    let mut idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: topk\r\n\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let answer = read_until_closed(&mut idle, Duration::from_secs(5))
+        .await
+        .expect("the idle kept-alive connection was not closed in 5 s");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    assert!(started.elapsed() >= Duration::from_millis(500));
+
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
+
+/// With `max_connections` open, a further client is not served until one of them closes.
+#[tokio::test]
+async fn the_connection_cap_holds() {
+    use tokio::io::AsyncWriteExt;
+    let mut config = config_for_port(closed_port().await);
+    config.max_connections = 2;
+    config.header_read_timeout_ms = 30_000;
+    let (port, stop, server) = serve_edge(&config).await;
+
+    let first = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let second = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut third = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    third
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: topk\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut third, Duration::from_millis(1500))
+            .await
+            .is_err(),
+        "a third connection was served beside two open ones (cap 2)"
+    );
+    drop(first);
+    let answer = read_until_closed(&mut third, Duration::from_secs(5))
+        .await
+        .expect("the waiting client was not served once a connection closed");
+    assert!(
+        String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(second);
+    stop.send(()).unwrap();
+    tokio::time::timeout(Duration::from_secs(5), server)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+}
