@@ -39,6 +39,10 @@ scripts/stack.sh up
 # shellcheck disable=SC1091
 source .stack/env
 
+step "schemathesis (PyPI; tests/it/api/conformance.rs runs it against the live API)"
+TOPK_SCHEMATHESIS=$(scripts/install-schemathesis.sh)
+export TOPK_SCHEMATHESIS
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

@@ -4,6 +4,7 @@
 //!
 //! - [`results`]: the window, the ranking, `exact`, bad input;
 //! - [`auth`]: HS256 and RS256 tokens, who may read whom;
+//! - [`conformance`]: the OpenAPI document against the live server (schemathesis).
 //! - [`operations`]: ClickHouse down or slow, readiness, shedding, request ids, OpenAPI, a real
 //!   socket, graceful shutdown, the binary and its metrics.
 
@@ -186,6 +187,7 @@ async fn roll_up(options: &ClickHouseOptions, days: &[NaiveDate]) {
 }
 
 mod auth;
+mod conformance;
 mod exactness;
 mod operations;
 mod results;

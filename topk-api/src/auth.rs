@@ -113,6 +113,11 @@ impl std::fmt::Debug for Authenticator {
 }
 
 impl Authenticator {
+    /// Whether requests must carry a token.
+    pub fn is_on(&self) -> bool {
+        !matches!(self, Self::Off)
+    }
+
     pub fn from_config(config: &ApiConfig) -> Result<Self, AuthConfigError> {
         let (key, algorithm) = match config.auth_mode {
             AuthMode::Off => return Ok(Self::Off),

@@ -55,10 +55,11 @@ pub enum AppError {
 impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidUserId(_)
-            | Self::InvalidLimit(_)
-            | Self::InvalidRequest(_)
-            | Self::AuthDisabled => StatusCode::BAD_REQUEST,
+            Self::InvalidUserId(_) | Self::InvalidLimit(_) | Self::InvalidRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            // Without auth there is no "me": nothing to find at that path.
+            Self::AuthDisabled => StatusCode::NOT_FOUND,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             Self::Forbidden(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,

@@ -30,7 +30,7 @@ fn challenged(mut response: Value, challenge: &str) -> Value {
     response
 }
 
-fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
+fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Value {
     let mut parameters = vec![json!({
         "name": "limit",
         "in": "query",
@@ -45,8 +45,8 @@ fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
                 "name": "user_id",
                 "in": "path",
                 "required": true,
-                "description": "1 to 128 bytes, no control characters.",
-                "schema": {"type": "string", "minLength": 1, "maxLength": 128}
+                "description": "1 to 128 characters, no control characters (ids longer than 128 bytes have no plays).",
+                "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"}
             }),
         );
     }
@@ -62,9 +62,9 @@ fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
         "Cache-Control": {"description": "private, no-cache: a user's answer, revalidated each time.", "schema": {"type": "string"}},
         "Vary": {"description": "Authorization", "schema": {"type": "string"}}
     });
-    json!({
+    let mut operation = json!({
         "summary": summary,
-        "security": [{}, {"bearer": []}],
+        "security": [{"bearer": []}],
         "parameters": parameters,
         "responses": {
             "200": {
@@ -82,10 +82,37 @@ fn top_songs_operation(summary: &str, with_user_id: bool) -> Value {
             "500": error_response("A query ClickHouse refused: a bug, logged with the request id"),
             "503": error_response("ClickHouse unavailable or slow, or too many requests in flight; see Retry-After"),
         }
+    });
+    if !auth_on {
+        // No token is read, so none can be missing, invalid or short of a scope.
+        operation["security"] = json!([]);
+        let responses = operation["responses"].as_object_mut().expect("an object");
+        responses.remove("401");
+        responses.remove("403");
+    }
+    operation
+}
+
+/// `/v1/me` on a server without auth: there is no "me".
+fn me_without_auth() -> Value {
+    json!({
+        "summary": "The token's own user's top songs: not served, auth is off on this server",
+        "security": [],
+        "responses": {
+            "404": error_response("auth_disabled: use /v1/users/{user_id}/top-songs")
+        }
     })
 }
 
-pub fn document() -> Value {
+/// The document of this server: with auth on (`auth_on`) the top-songs operations require a
+/// bearer token and may answer 401/403; with auth off they take none, and `/v1/me` only says
+/// 404.
+pub fn document(auth_on: bool) -> Value {
+    let me = if auth_on {
+        top_songs_operation("The token's own user's top songs", false, true)
+    } else {
+        me_without_auth()
+    };
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -94,8 +121,8 @@ pub fn document() -> Value {
             "description": "Each user's top songs of the last 7 days: today (UTC, up to now) plus the 6 previous full UTC days."
         },
         "paths": {
-            (PATHS[0]): {"get": top_songs_operation("A user's top songs of the last 7 days", true)},
-            (PATHS[1]): {"get": top_songs_operation("The token's own user's top songs (auth on)", false)},
+            (PATHS[0]): {"get": top_songs_operation("A user's top songs of the last 7 days", true, auth_on)},
+            (PATHS[1]): {"get": me},
             (PATHS[2]): {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
             (PATHS[3]): {"get": {
                 "summary": "ClickHouse answers and the schema is at the expected migration",
@@ -156,11 +183,24 @@ mod tests {
 
     #[test]
     fn document_lists_every_path_with_a_get() {
-        let document = document();
+        let document = document(true);
         let paths = document["paths"].as_object().unwrap();
         assert_eq!(paths.len(), PATHS.len());
         for path in PATHS {
             assert!(paths[path]["get"]["responses"]["200"].is_object(), "{path}");
         }
+        assert_eq!(paths[PATHS[0]]["get"]["security"], json!([{"bearer": []}]));
+    }
+
+    #[test]
+    fn without_auth_no_operation_asks_for_a_token_and_me_is_not_served() {
+        let document = document(false);
+        let paths = document["paths"].as_object().unwrap();
+        assert_eq!(paths.len(), PATHS.len());
+        let users = &paths[PATHS[0]]["get"];
+        assert_eq!(users["security"], json!([]));
+        assert!(users["responses"].get("401").is_none());
+        let me = &paths[PATHS[1]]["get"]["responses"];
+        assert!(me.get("200").is_none() && me["404"].is_object());
     }
 }

@@ -1,0 +1,149 @@
+//! The OpenAPI document against the live server: schemathesis (PyPI; installed by
+//! `scripts/install-schemathesis.sh`, which `scripts/test.sh` runs) generates requests from
+//! `/openapi.json` — valid ones, and ones that break the schema on purpose — and checks every
+//! answer against the document (status codes, headers, bodies, content types, no 5xx, rejected
+//! invalid input, accepted valid input, 405 for other methods). The API binary runs with auth
+//! off and with HS256 auth on (a token with the read-any scope), each against a database with
+//! plays in it.
+
+use std::time::{Duration, Instant};
+
+use tokio::net::TcpStream;
+use topk_core::schema::MinuteRow;
+use topk_tests::process::ChildProcess;
+use topk_tests::stack;
+
+const SECRET: &str = "conformance-test-secret-of-32-bytes-or-more";
+
+fn schemathesis() -> String {
+    let path = std::env::var("TOPK_SCHEMATHESIS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/topk/schemathesis-venv/bin/schemathesis",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    assert!(
+        std::path::Path::new(&path).exists(),
+        "schemathesis not found at {path}: run scripts/install-schemathesis.sh (scripts/test.sh does)"
+    );
+    path
+}
+
+/// Starts `topk-api` on a free port with `extra` arguments; returns it and its port.
+async fn start_api(database: &str, label: &str, extra: &[&str]) -> (ChildProcess, u16) {
+    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--clickhouse-url",
+        &stack::clickhouse_url(),
+        "--clickhouse-database",
+        database,
+    ]
+    .iter()
+    .map(|arg| (*arg).to_owned())
+    .collect();
+    args.extend(extra.iter().map(|arg| (*arg).to_owned()));
+    let child = ChildProcess::start("topk-api", label, &args, &[]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "topk-api did not listen; see {}",
+            child.log_path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (child, port)
+}
+
+/// Runs schemathesis against the API on `port`; panics with its report unless it found nothing.
+fn run_schemathesis(port: u16, headers: &[String]) {
+    let mut command = std::process::Command::new(schemathesis());
+    command
+        .arg("run")
+        .arg(format!("http://127.0.0.1:{port}/openapi.json"))
+        .args([
+            "--checks",
+            "all",
+            "--max-examples",
+            "60",
+            "--seed",
+            "20261130",
+        ])
+        .env("NO_COLOR", "1")
+        .current_dir(std::env::temp_dir());
+    for header in headers {
+        command.args(["-H", header]);
+    }
+    let output = command.output().expect("run schemathesis");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    assert!(report.contains("passed"), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_openapi_document_matches_the_server_under_schemathesis() {
+    let options = stack::fresh_database("api_conformance").await;
+    let now = chrono::Utc::now();
+    let minute = now - chrono::Duration::seconds(now.timestamp() % 60);
+    let rows: Vec<MinuteRow> = (0..20)
+        .map(|song| MinuteRow {
+            user_id: format!("u{}", song % 3),
+            song_id: format!("s{song}"),
+            minute,
+            plays: 1 + song,
+            topic: "plays".to_owned(),
+            kafka_partition: 0,
+            flush_offset: 1,
+            claim_id: 0,
+            flush_seq: 0,
+        })
+        .collect();
+    topk_tests::committed::write_committed(&options, &rows).await;
+    let database = options.clickhouse_database.clone();
+
+    let (mut open, port) = start_api(&database, "api-conformance-open", &[]).await;
+    run_schemathesis(port, &[]);
+    assert_eq!(open.terminate(Duration::from_secs(10)), Some(0));
+
+    let (mut guarded, port) = start_api(
+        &database,
+        "api-conformance-auth",
+        &[
+            "--auth-mode",
+            "hs256",
+            "--jwt-hs256-secret",
+            SECRET,
+            "--jwt-audience",
+            "topk-api",
+        ],
+    )
+    .await;
+    let claims = serde_json::json!({
+        "sub": "u0",
+        "scope": "topk:read:any",
+        "aud": "topk-api",
+        "exp": now.timestamp() + 3600,
+    });
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    run_schemathesis(port, &[format!("Authorization: Bearer {token}")]);
+    assert_eq!(guarded.terminate(Duration::from_secs(10)), Some(0));
+}
