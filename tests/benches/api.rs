@@ -33,6 +33,7 @@ use topk_tests::stack;
 
 use dataset::load;
 use driver::Target;
+use setup::{env_number, run_benchmark};
 use wrk::{WrkResult, WrkTarget};
 
 // A bench target is its own crate root, so its modules are found by path.
@@ -40,6 +41,8 @@ use wrk::{WrkResult, WrkTarget};
 mod dataset;
 #[path = "api/driver.rs"]
 mod driver;
+#[path = "api/setup.rs"]
+mod setup;
 #[path = "api/wrk.rs"]
 mod wrk;
 
@@ -49,19 +52,8 @@ const JWT_AUDIENCE: &str = "topk-api";
 /// The API-versus-ceiling comparison alternates this many rounds of each.
 const ROUNDS: u64 = 3;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    topk_core::telemetry::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
+    run_benchmark(run())
 }
 
 async fn run() -> anyhow::Result<()> {

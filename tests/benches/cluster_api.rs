@@ -31,28 +31,20 @@ use topk_core::db::ClickHouseOptions;
 use topk_tests::stack;
 
 use dataset::load;
+use setup::{env_number, run_benchmark};
 use wrk::{WrkResult, WrkTarget};
 
 #[path = "api/dataset.rs"]
 mod dataset;
+#[path = "api/setup.rs"]
+mod setup;
 #[path = "api/wrk.rs"]
 mod wrk;
 
 const ROUNDS: u64 = 3;
 
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(default)
-}
-
 fn main() -> anyhow::Result<()> {
-    topk_core::telemetry::init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run())
+    run_benchmark(run())
 }
 
 /// A running API: its URL and the means to stop it.

@@ -155,3 +155,23 @@ pub async fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .to_owned();
     Some((status, body))
 }
+
+impl ChildProcess {
+    /// Waits until this process listens on 127.0.0.1:`port`; panics (naming its log) after
+    /// `timeout`.
+    pub async fn wait_until_listening(&self, port: u16, timeout: std::time::Duration) {
+        let deadline = std::time::Instant::now() + timeout;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} did not listen on port {port} in {timeout:?}; see {}",
+                self.name,
+                self.log_path.display()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+}

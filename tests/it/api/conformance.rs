@@ -6,9 +6,8 @@
 //! off and with HS256 auth on (a token with the read-any scope), each against a database with
 //! plays in it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::net::TcpStream;
 use topk_core::schema::MinuteRow;
 use topk_tests::process::ChildProcess;
 use topk_tests::stack;
@@ -31,12 +30,7 @@ fn schemathesis() -> String {
 
 /// Starts `topk-api` on a free port with `extra` arguments; returns it and its port.
 async fn start_api(database: &str, label: &str, extra: &[&str]) -> (ChildProcess, u16) {
-    let port = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = topk_tests::process::free_port();
     let mut args: Vec<String> = [
         "--listen",
         &format!("127.0.0.1:{port}"),
@@ -50,15 +44,9 @@ async fn start_api(database: &str, label: &str, extra: &[&str]) -> (ChildProcess
     .collect();
     args.extend(extra.iter().map(|arg| (*arg).to_owned()));
     let child = ChildProcess::start("topk-api", label, &args, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "topk-api did not listen; see {}",
-            child.log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    child
+        .wait_until_listening(port, Duration::from_secs(10))
+        .await;
     (child, port)
 }
 

@@ -307,12 +307,7 @@ async fn serves_a_socket_with_the_system_clock_and_drains_on_shutdown() {
     );
     silent.abort();
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// The binary: flags, `/metrics` in a process of its own (one Prometheus recorder per
@@ -333,15 +328,9 @@ async fn binary_serves_metrics_and_stops_on_sigterm() {
     .map(|arg| (*arg).to_owned())
     .collect();
     let mut child = ChildProcess::start("topk-api", "api-binary", &args, &[]);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).await.is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "topk-api did not listen; see {}",
-            child.log_path.display()
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    child
+        .wait_until_listening(port, Duration::from_secs(10))
+        .await;
     assert_eq!(http_get(port, "/readyz").await.0, 200);
     assert_eq!(http_get(port, "/v1/users/someone/top-songs").await.0, 200);
     assert_eq!(
@@ -553,12 +542,7 @@ async fn a_slow_header_client_and_an_idle_connection_are_dropped_at_the_timeout(
     );
     assert!(started.elapsed() >= Duration::from_millis(500));
 
-    stop.send(()).unwrap();
-    tokio::time::timeout(Duration::from_secs(5), server)
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    stop_server(stop, server).await;
 }
 
 /// With `max_connections` open, a further client is not served until one of them closes.
@@ -594,10 +578,18 @@ async fn the_connection_cap_holds() {
         String::from_utf8_lossy(&answer)
     );
     drop(second);
+    stop_server(stop, server).await;
+}
+
+/// Stops a server started with a oneshot shutdown and waits (at most 5 s) until it returned Ok.
+async fn stop_server(
+    stop: tokio::sync::oneshot::Sender<()>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+) {
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+        .expect("the server stopped within 5 s")
+        .expect("the server task did not panic")
+        .expect("the server returned Ok");
 }
