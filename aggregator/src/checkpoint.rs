@@ -25,6 +25,13 @@
 //!    cleanly, i.e. every request it ever sent was answered). Readers — the API, the
 //!    rollup, the restore, the `*_committed` views — apply only this rule.
 //!
+//! On a ClickHouse cluster the coordination tables are replicated and a statement is atomic
+//! only on the replica that runs it, so claims and commits are decided in ZooKeeper /
+//! ClickHouse Keeper instead (`--keeper-hosts`): a claim and a commit are compare-and-sets on
+//! the partition's versioned node, then mirrored into the same tables, and the rule above is
+//! unchanged (see `topk_core::coordination`). A commit whose outcome is unknown is settled by
+//! reading the node rather than by renewing the claim, and the flush's rows are not sent again.
+//!
 //! Every way a flush could be counted twice or not at all, and why it cannot:
 //!
 //! - **Case 1, fencing** (a paused worker, a slow rolling deploy, a write that outlives its

@@ -82,6 +82,9 @@ pub struct AggregatorConfig {
     pub clickhouse: ClickHouseOptions,
     #[command(flatten)]
     #[serde(flatten)]
+    pub keeper: topk_core::keeper::KeeperOptions,
+    #[command(flatten)]
+    #[serde(flatten)]
     pub s3: S3Options,
 }
 

@@ -20,7 +20,8 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset};
 use tokio::runtime::Handle;
 use tokio::sync::mpsc;
-use topk_core::claims::{claim_partition, Claim, ClaimError, ClaimOwner};
+use topk_core::claims::{Claim, ClaimError, ClaimOwner};
+use topk_core::coordination::Coordinator;
 
 use crate::checkpoint::spawn_cleanup;
 use crate::config::AggregatorConfig;
@@ -50,6 +51,7 @@ pub struct AggregatorContext {
     runtime: Handle,
     clickhouse: clickhouse::Client,
     placement: topk_core::cluster::Placement,
+    coordinator: Coordinator,
     owner: ClaimOwner,
     topic: String,
     shards: Vec<mpsc::Sender<ShardCommand>>,
@@ -236,7 +238,8 @@ impl AggregatorContext {
         loop {
             let claimed = tokio::time::timeout(
                 crate::flush::CALL_TIMEOUT,
-                claim_partition(&self.clickhouse, &self.owner, kafka_partition),
+                self.coordinator
+                    .claim_partition(&self.clickhouse, &self.owner, kafka_partition),
             )
             .await
             .unwrap_or_else(|_| {
@@ -398,6 +401,7 @@ pub struct PollerParts {
     pub health: Arc<Health>,
     pub clickhouse: clickhouse::Client,
     pub placement: topk_core::cluster::Placement,
+    pub coordinator: Coordinator,
     pub owner: ClaimOwner,
 }
 
@@ -411,6 +415,7 @@ impl Poller {
             runtime,
             clickhouse: parts.clickhouse,
             placement: parts.placement,
+            coordinator: parts.coordinator,
             owner: parts.owner,
             topic: config.plays_topic.clone(),
             shards: parts.shards.clone(),

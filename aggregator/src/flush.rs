@@ -7,7 +7,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use topk_core::claims::{renew_claim, Claim, ClaimOwner};
+use topk_core::claims::{Claim, ClaimOwner};
+use topk_core::coordination::{keeper_commit, CommitOutcome, Coordinator};
 use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
 
 use topk_archive::ArchiveWriter;
@@ -94,6 +95,8 @@ pub struct FlushTarget {
     pub client: clickhouse::Client,
     /// Where the cleanup of uncommitted rows runs (every shard on a cluster).
     pub placement: topk_core::cluster::Placement,
+    /// Where claims and commits are decided (ClickHouse, or Keeper on a cluster).
+    pub coordinator: Coordinator,
     pub owner: ClaimOwner,
     pub dead_letters: DeadLetterQueue,
     /// Where raw records are archived, when archiving is on.
@@ -128,6 +131,7 @@ impl FlushTarget {
                 return results;
             }
             let started = Instant::now();
+            let rows = batch.rows();
             let failure = if unsettled {
                 match self.settle(&mut batch, running, &mut results).await {
                     Ok(()) => {
@@ -146,7 +150,7 @@ impl FlushTarget {
                     .await
                 {
                     Ok(()) => {
-                        metrics::flush_succeeded(batch.rows(), started.elapsed());
+                        metrics::flush_succeeded(rows, started.elapsed());
                         results.extend(batch.partitions.drain(..).map(|flush| {
                             let offset = flush.flush_offset();
                             let claim = ClaimState {
@@ -226,6 +230,7 @@ impl FlushTarget {
         let rows: Vec<&MinuteRow> = batch
             .partitions
             .iter()
+            .filter(|flush| !flush.rows_written)
             .flat_map(|flush| flush.rows.iter())
             .collect();
         if !rows.is_empty() {
@@ -234,12 +239,60 @@ impl FlushTarget {
                 .await
                 .map_err(|error| ambiguous(format!("inserting minute rows: {error}")))?;
         }
-        let commits: Vec<&FlushCommitRow> =
-            batch.partitions.iter().map(|flush| &flush.commit).collect();
-        let query_id = format!("{label}-{attempt}-commits");
-        self.insert(FLUSH_COMMITS, &commits, &query_id, running)
-            .await
-            .map_err(|error| ambiguous(format!("inserting commits: {error}")))
+        for flush in &mut batch.partitions {
+            flush.rows_written = true;
+        }
+        match &self.coordinator {
+            Coordinator::ClickHouse => {
+                let commits: Vec<&FlushCommitRow> =
+                    batch.partitions.iter().map(|flush| &flush.commit).collect();
+                let query_id = format!("{label}-{attempt}-commits");
+                self.insert(FLUSH_COMMITS, &commits, &query_id, running)
+                    .await
+                    .map_err(|error| ambiguous(format!("inserting commits: {error}")))
+            }
+            Coordinator::Keeper(keeper) => {
+                // Each partition's commit is a compare-and-set whose unknown outcome the
+                // next attempt settles by reading the node; the rows are not sent again.
+                let mut pending = Vec::new();
+                let mut last_error = String::new();
+                for flush in batch.partitions.drain(..) {
+                    match bounded(keeper_commit(keeper, &self.client, &flush.commit)).await {
+                        Ok(CommitOutcome::Committed) => {
+                            let offset = flush.flush_offset();
+                            let claim = ClaimState {
+                                claim_id: flush.commit.claim_id,
+                                next_seq: flush.commit.flush_seq + 1,
+                            };
+                            results
+                                .push((flush.partition, FlushResult::Committed { offset, claim }));
+                        }
+                        Ok(CommitOutcome::Fenced) => {
+                            tracing::warn!(
+                                partition = flush.partition,
+                                claim = flush.commit.claim_id,
+                                "a newer claim owns the partition; its flush was not committed"
+                            );
+                            metrics::fenced();
+                            results.push((flush.partition, FlushResult::Fenced));
+                        }
+                        Err(error) => {
+                            pending.push(flush);
+                            last_error = error;
+                        }
+                    }
+                }
+                batch.partitions = pending;
+                match batch.partitions.first() {
+                    None => Ok(()),
+                    Some(flush) => Err(clear(format!(
+                        "committing partition {} through Keeper (settled on the next \
+                         attempt): {last_error}",
+                        flush.partition
+                    ))),
+                }
+            }
+        }
     }
 
     /// Removes from the batch the partitions whose newest claim is no longer the one the
@@ -254,7 +307,7 @@ impl FlushTarget {
             .iter()
             .map(|flush| flush.commit.kafka_partition)
             .collect();
-        let newest = bounded(topk_core::claims::newest_claims(&self.client, &partitions)).await?;
+        let newest = bounded(self.coordinator.newest_claims(&self.client, &partitions)).await?;
         let (ours, fenced): (Vec<PartitionFlush>, Vec<PartitionFlush>) =
             batch.partitions.drain(..).partition(|flush| {
                 newest.get(&flush.commit.kafka_partition) == Some(&flush.commit.claim_id)
@@ -293,7 +346,7 @@ impl FlushTarget {
         while let Some(mut flush) = unsettled.next() {
             let old_claim = flush.commit.claim_id;
             let seq = flush.commit.flush_seq;
-            let renewed = bounded(renew_claim(
+            let renewed = bounded(self.coordinator.renew_claim(
                 &self.client,
                 &self.owner,
                 flush.commit.kafka_partition,

@@ -40,6 +40,7 @@ use crate::error::AggregatorError;
 use crate::flush::FlushTarget;
 use crate::health::{Health, Monitor};
 use crate::shard::{Shard, ShardMemory, ShardSettings};
+use topk_core::coordination::Coordinator;
 
 /// Commands queued per shard before the polling thread waits.
 const SHARD_QUEUE: usize = 64;
@@ -67,6 +68,18 @@ pub async fn run(
     topk_core::claims::check_owner(&clickhouse, &owner)
         .await
         .map_err(|error| AggregatorError::Config(error.to_string()))?;
+    let coordinator = Coordinator::new(&config.keeper, &config.clickhouse.clickhouse_database)
+        .map_err(|error| AggregatorError::Config(error.to_string()))?;
+    match coordinator.keeper() {
+        Some(keeper) => {
+            tracing::info!(keeper = keeper.hosts(), "claims and commits through Keeper")
+        }
+        None if config.clickhouse.cluster_layout().is_some() => tracing::warn!(
+            "claims and commits in ClickHouse on a cluster: every aggregator must write through \
+             the same node (set --keeper-hosts to lift that)"
+        ),
+        None => {}
+    }
     let dead_letters = DeadLetterQueue::new(
         &config.kafka_brokers,
         &config.dead_letter_topic,
@@ -102,6 +115,7 @@ pub async fn run(
         target: FlushTarget {
             client: clickhouse.clone(),
             placement: config.clickhouse.placement(),
+            coordinator: coordinator.clone(),
             owner: owner.clone(),
             dead_letters: dead_letters.clone(),
             archive,
@@ -136,6 +150,7 @@ pub async fn run(
             health: health.clone(),
             clickhouse: clickhouse.clone(),
             placement: config.clickhouse.placement(),
+            coordinator: coordinator.clone(),
             owner,
         },
     )?;

@@ -90,6 +90,9 @@ pub struct PartitionFlush {
     pub raw_records: Vec<ArchiveRecord>,
     /// Whether `raw_records` already reached the archive (a retried flush skips it).
     pub archived: bool,
+    /// Whether `rows` were inserted under the current tags (a retry of only the commit,
+    /// through Keeper, skips them; a retag writes them again).
+    pub rows_written: bool,
 }
 
 impl PartitionFlush {
@@ -102,6 +105,7 @@ impl PartitionFlush {
         }
         self.commit.claim_id = claim_id;
         self.commit.flush_seq = flush_seq;
+        self.rows_written = false;
     }
 
     pub fn flush_offset(&self) -> i64 {
@@ -330,6 +334,7 @@ impl PartitionState {
             previous_offset: self.counted_through,
             dead_letters: std::mem::take(&mut self.dead_letters),
             archived: raw_records.is_empty(),
+            rows_written: false,
             raw_records,
         })
     }

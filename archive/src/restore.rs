@@ -23,9 +23,10 @@ use std::time::Instant;
 
 use chrono::{DateTime, Days, NaiveDate, Utc};
 use futures::TryStreamExt;
-use topk_core::claims::{claim_partition, ClaimOwner};
+use topk_core::claims::ClaimOwner;
 use topk_core::cluster::{ClusterLayout, Placement};
 use topk_core::committed::CommittedFlushes;
+use topk_core::coordination::{keeper_commit, CommitOutcome, Coordinator};
 use topk_core::db::ClickHouseOptions;
 use topk_core::dedup::ReplayPoint;
 use topk_core::dedup::{Deduplicator, Verdict};
@@ -368,6 +369,7 @@ pub struct RestoreCommit {
 /// rows is dropped: it ends up empty). Running it twice leaves the same table.
 pub async fn restore_days(
     clickhouse: &ClickHouseOptions,
+    coordinator: &Coordinator,
     rebuilt: &RebuiltMinutes,
     owner: &ClaimOwner,
     commits: &BTreeMap<i32, RestoreCommit>,
@@ -379,7 +381,7 @@ pub async fn restore_days(
         .iter_days()
         .take_while(|day| day <= rebuilt.event_days.end())
         .collect();
-    let mut insert = client.insert::<FlushCommitRow>(FLUSH_COMMITS).await?;
+    let mut rows = Vec::new();
     for (partition, commit) in commits {
         let row_days: Vec<u16> = days
             .iter()
@@ -394,29 +396,27 @@ pub async fn restore_days(
             })
             .map(topk_core::window::day_number)
             .collect();
-        insert
-            .write(&FlushCommitRow {
-                consumer_group: owner.consumer_group.clone(),
-                topic: owner.topic.clone(),
-                kafka_partition: u32::try_from(*partition).unwrap_or_default(),
-                claim_id: commit.claim_id,
-                flush_seq: RESTORE_FLUSH_SEQ,
-                flush_offset: commit.flush_offset,
-                dedup_replay_from: commit.dedup_replay_from,
-                watermark_ms: commit.watermark_ms,
-                events: rebuilt
-                    .partitions
-                    .get(partition)
-                    .map_or(0, |minutes| minutes.records),
-                minute_rows: 0,
-                minute_days: row_days,
-                released: 1,
-                worker: owner.worker.clone(),
-                flushed_at: Utc::now(),
-            })
-            .await?;
+        rows.push(FlushCommitRow {
+            consumer_group: owner.consumer_group.clone(),
+            topic: owner.topic.clone(),
+            kafka_partition: u32::try_from(*partition).unwrap_or_default(),
+            claim_id: commit.claim_id,
+            flush_seq: RESTORE_FLUSH_SEQ,
+            flush_offset: commit.flush_offset,
+            dedup_replay_from: commit.dedup_replay_from,
+            watermark_ms: commit.watermark_ms,
+            events: rebuilt
+                .partitions
+                .get(partition)
+                .map_or(0, |minutes| minutes.records),
+            minute_rows: 0,
+            minute_days: row_days,
+            released: 1,
+            worker: owner.worker.clone(),
+            flushed_at: Utc::now(),
+        });
     }
-    insert.end().await?;
+    commit_restored(&client, coordinator, &rows).await?;
     let placement = clickhouse.placement();
     let mut restored = Vec::new();
     for day in days {
@@ -588,17 +588,50 @@ async fn replace_day_on_cluster(
     }
 }
 
+/// Commits the restore's released commits: one insert, or through Keeper one
+/// compare-and-set per partition (an aggregator that claimed a partition meanwhile fails the
+/// restore, which can be run again).
+async fn commit_restored(
+    client: &clickhouse::Client,
+    coordinator: &Coordinator,
+    rows: &[FlushCommitRow],
+) -> Result<(), ArchiveError> {
+    let Some(keeper) = coordinator.keeper() else {
+        let mut insert = client.insert::<FlushCommitRow>(FLUSH_COMMITS).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await?;
+        return Ok(());
+    };
+    for row in rows {
+        let outcome = keeper_commit(keeper, client, row)
+            .await
+            .map_err(|error| ArchiveError::Claim(error.to_string()))?;
+        if outcome == CommitOutcome::Fenced {
+            return Err(ArchiveError::Claim(format!(
+                "partition {} was claimed by another writer during the restore (stop the \
+                 aggregators first)",
+                row.kafka_partition
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Claims, for a restore, every partition that has a commit (see `topk_core::claims`: a
 /// running writer is fenced), returning for each where the restored rows end: where the
 /// partition was committed through.
 pub async fn claim_committed_partitions(
     client: &clickhouse::Client,
+    coordinator: &Coordinator,
     owner: &ClaimOwner,
     committed: &CommittedFlushes,
 ) -> Result<BTreeMap<i32, RestoreCommit>, ArchiveError> {
     let mut commits = BTreeMap::new();
     for partition in committed.partitions() {
-        let claim = claim_partition(client, owner, partition.kafka_partition)
+        let claim = coordinator
+            .claim_partition(client, owner, partition.kafka_partition)
             .await
             .map_err(|error| ArchiveError::Claim(error.to_string()))?;
         commits.insert(
@@ -618,6 +651,7 @@ pub async fn claim_committed_partitions(
 /// partition: everything archived counts, and an aggregator resumes after it.
 pub async fn claim_replayed_partitions(
     client: &clickhouse::Client,
+    coordinator: &Coordinator,
     owner: &ClaimOwner,
     rebuilt: &RebuiltMinutes,
 ) -> Result<BTreeMap<i32, RestoreCommit>, ArchiveError> {
@@ -625,7 +659,8 @@ pub async fn claim_replayed_partitions(
     for (partition, minutes) in &rebuilt.partitions {
         let kafka_partition =
             u32::try_from(*partition).map_err(|error| ArchiveError::Claim(error.to_string()))?;
-        let claim = claim_partition(client, owner, kafka_partition)
+        let claim = coordinator
+            .claim_partition(client, owner, kafka_partition)
             .await
             .map_err(|error| ArchiveError::Claim(error.to_string()))?;
         let replay = minutes.replay_point.unwrap_or(ReplayPoint {

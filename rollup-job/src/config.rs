@@ -35,6 +35,10 @@ pub struct RollupConfig {
     #[command(flatten)]
     #[serde(flatten)]
     pub clickhouse: ClickHouseOptions,
+    /// Where claims and commits are coordinated (for `restore`: the aggregators' setting).
+    #[command(flatten)]
+    #[serde(flatten)]
+    pub keeper: topk_core::keeper::KeeperOptions,
     /// Where the raw-event archive is (for `restore`).
     #[command(flatten)]
     #[serde(flatten)]

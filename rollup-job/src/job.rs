@@ -14,6 +14,7 @@ use crate::error::{clickhouse_error, RollupError};
 use crate::prune::{prune, PruneOutcome};
 use crate::restore::{restore, RestoreRequest};
 use crate::rollup::{delete_superseded_snapshots, roll_up_day, DEFAULT_SLICES};
+use topk_core::coordination::Coordinator;
 
 /// What happened to one day.
 #[derive(Debug)]
@@ -274,7 +275,18 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
                 "restore: archive at s3://{}/{}",
                 config.s3.s3_bucket, config.s3.s3_prefix
             );
-            let outcomes = restore(&job, &config.clickhouse, &reader, &request, print_day).await?;
+            let coordinator =
+                Coordinator::new(&config.keeper, &config.clickhouse.clickhouse_database)
+                    .map_err(|error| RollupError::Restore(error.to_string()))?;
+            let outcomes = restore(
+                &job,
+                &config.clickhouse,
+                &coordinator,
+                &reader,
+                &request,
+                print_day,
+            )
+            .await?;
             (outcomes, false)
         }
         RollupCommand::Prune | RollupCommand::Migrate => (Vec::new(), true),

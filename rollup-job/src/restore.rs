@@ -21,6 +21,7 @@ use topk_archive::restore::{
 use topk_archive::ArchiveReader;
 use topk_core::claims::ClaimOwner;
 use topk_core::committed::CommittedFlushes;
+use topk_core::coordination::Coordinator;
 use topk_core::db::ClickHouseOptions;
 use topk_core::schema::DAILY_TOP;
 
@@ -53,6 +54,7 @@ fn restore_error(error: impl std::fmt::Display) -> RollupError {
 pub async fn restore(
     job: &RollupJob,
     clickhouse: &ClickHouseOptions,
+    coordinator: &Coordinator,
     reader: &ArchiveReader,
     request: &RestoreRequest,
     on_day: impl FnMut(&DayOutcome),
@@ -101,7 +103,7 @@ pub async fn restore(
             })
             .collect()
     } else {
-        claim_committed_partitions(&client, &owner, &committed)
+        claim_committed_partitions(&client, coordinator, &owner, &committed)
             .await
             .map_err(restore_error)?
     };
@@ -130,7 +132,7 @@ pub async fn restore(
                 })
                 .collect()
         } else {
-            claim_replayed_partitions(&client, &owner, &rebuilt)
+            claim_replayed_partitions(&client, coordinator, &owner, &rebuilt)
                 .await
                 .map_err(restore_error)?
         };
@@ -164,7 +166,7 @@ pub async fn restore(
             .await
             .map_err(clickhouse_error(format!("dropping the top lists of {day}")))?;
     }
-    let restored = restore_days(clickhouse, &rebuilt, &owner, &commits)
+    let restored = restore_days(clickhouse, coordinator, &rebuilt, &owner, &commits)
         .await
         .map_err(restore_error)?;
     for day in &restored {

@@ -10,10 +10,10 @@ use topk_core::db::ClickHouseOptions;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 
-use crate::{cluster_up, node_pid, restart_stopped_nodes, CLUSTER};
+use crate::{cluster_up, node_pid, restart_stopped_nodes, zookeeper, CLUSTER};
 
 /// Per-user play sums of one node's local minute table.
-async fn local_sums(url: &str, database: &str) -> Vec<(String, u64)> {
+pub async fn local_sums(url: &str, database: &str) -> Vec<(String, u64)> {
     let client = ClickHouseOptions::new(url, database).client();
     let _ = client
         .query("SYSTEM SYNC REPLICA plays_minute")
@@ -30,7 +30,8 @@ async fn local_sums(url: &str, database: &str) -> Vec<(String, u64)> {
 async fn a_replica_killed_mid_ingest_loses_nothing_and_catches_up_when_restarted() {
     let _exclusive = crate::exclusive().await;
     let urls = cluster_up();
-    let pipeline = Pipeline::on_cluster("cluster_replica_kill", 4, &urls[0], CLUSTER).await;
+    let pipeline =
+        Pipeline::on_cluster("cluster_replica_kill", 4, &urls[0], CLUSTER, &zookeeper()).await;
     let mut spec = GeneratorSpec::new(40_000, Utc::now());
     spec.users = 2_000;
     spec.songs = 6_000;
@@ -100,7 +101,14 @@ async fn a_replica_killed_mid_ingest_loses_nothing_and_catches_up_when_restarted
 async fn zookeeper_stopped_for_30_seconds_mid_ingest_loses_nothing() {
     let _exclusive = crate::exclusive().await;
     let urls = cluster_up();
-    let pipeline = Pipeline::on_cluster("cluster_zookeeper_outage", 4, &urls[0], CLUSTER).await;
+    let pipeline = Pipeline::on_cluster(
+        "cluster_zookeeper_outage",
+        4,
+        &urls[0],
+        CLUSTER,
+        &zookeeper(),
+    )
+    .await;
     let mut spec = GeneratorSpec::new(30_000, Utc::now());
     spec.users = 2_000;
     spec.songs = 6_000;
@@ -172,7 +180,14 @@ async fn replica_state(url: &str, local: &str) -> (u64, u64) {
 async fn a_replica_far_behind_its_shard_is_not_read() {
     let _exclusive = crate::exclusive().await;
     let urls = cluster_up();
-    let pipeline = Pipeline::on_cluster("cluster_lagging_replica", 2, &urls[0], CLUSTER).await;
+    let pipeline = Pipeline::on_cluster(
+        "cluster_lagging_replica",
+        2,
+        &urls[0],
+        CLUSTER,
+        &zookeeper(),
+    )
+    .await;
     let mut spec = GeneratorSpec::new(8_000, Utc::now());
     spec.users = 600;
     spec.songs = 2_000;

@@ -6,6 +6,7 @@
 //! short of a replica, a restore from the S3 archive. Their own binary, like the outage tests, so the cluster's four
 //! servers are not started beside the `it` suite.
 
+mod claims;
 mod cleanup;
 mod faults;
 mod pipeline;
@@ -34,6 +35,17 @@ fn start_cluster() -> Vec<String> {
         .split(',')
         .map(str::to_owned)
         .collect()
+}
+
+/// The cluster's ZooKeeper (`host:port`), where the aggregators claim and commit.
+pub fn zookeeper() -> String {
+    cluster_up();
+    let env = std::fs::read_to_string(topk_tests::stack::repo_root().join(".stack/cluster/env"))
+        .expect("scripts/stack.sh up cluster writes .stack/cluster/env");
+    env.lines()
+        .find_map(|line| line.strip_prefix("export TOPK_CLUSTER_ZOOKEEPER="))
+        .expect("TOPK_CLUSTER_ZOOKEEPER in .stack/cluster/env")
+        .to_owned()
 }
 
 /// The cluster's name in `remote_servers` (scripts/stack.sh).

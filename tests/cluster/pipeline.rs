@@ -11,7 +11,7 @@ use topk_core::schema::DailyTopRow;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 
-use crate::{cluster_up, CLUSTER};
+use crate::{cluster_up, zookeeper, CLUSTER};
 
 /// The rows of each day's current snapshot (what readers read).
 async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
@@ -38,7 +38,8 @@ fn rollup_with(options: &ClickHouseOptions, args: &[&str]) {
 async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single_node() {
     let _shared = crate::shared().await;
     let urls = cluster_up();
-    let cluster = Pipeline::on_cluster("cluster_pipeline", 4, &urls[0], CLUSTER).await;
+    let cluster =
+        Pipeline::on_cluster("cluster_pipeline", 4, &urls[0], CLUSTER, &zookeeper()).await;
     let single = Pipeline::new("cluster_pipeline_single_node", 4).await;
     let mut spec = GeneratorSpec::new(30_000, Utc::now());
     spec.users = 1_500;

@@ -15,7 +15,7 @@ use topk_rollup::RollupJob;
 use topk_tests::pipeline::Pipeline;
 use topk_tests::stack;
 
-use crate::{cluster_up, CLUSTER};
+use crate::{cluster_up, zookeeper, CLUSTER};
 
 async fn daily_top(options: &ClickHouseOptions) -> Vec<DailyTopRow> {
     topk_tests::committed::current_daily_top(&options.client(), &options.placement())
@@ -33,7 +33,8 @@ fn job(options: &ClickHouseOptions) -> RollupJob {
 async fn a_restore_on_the_cluster_rebuilds_every_shard_and_replica_from_the_archive() {
     let _shared = crate::shared().await;
     let urls = cluster_up();
-    let pipeline = Pipeline::on_cluster("cluster_restore", 3, &urls[0], CLUSTER).await;
+    let pipeline =
+        Pipeline::on_cluster("cluster_restore", 3, &urls[0], CLUSTER, &zookeeper()).await;
     let mut spec = GeneratorSpec::new(15_000, Utc::now());
     spec.seed = 41;
     spec.users = 400;
@@ -82,9 +83,16 @@ async fn a_restore_on_the_cluster_rebuilds_every_shard_and_replica_from_the_arch
     };
     let through_ch3 = pipeline.through(&urls[2]).clickhouse;
     for attempt in 0..2 {
-        let outcomes = restore(&job(&through_ch3), &through_ch3, &reader, &request, |_| {})
-            .await
-            .unwrap_or_else(|error| panic!("restore attempt {attempt}: {error}"));
+        let outcomes = restore(
+            &job(&through_ch3),
+            &through_ch3,
+            &pipeline.coordinator(),
+            &reader,
+            &request,
+            |_| {},
+        )
+        .await
+        .unwrap_or_else(|error| panic!("restore attempt {attempt}: {error}"));
         assert!(outcomes.iter().all(|outcome| !outcome.failed()));
         for url in &urls {
             let through = pipeline.through(url);

@@ -11,7 +11,7 @@ use topk_core::db::ClickHouseOptions;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 
-use crate::{cluster_up, node_pid, restart_stopped_nodes, topk_rollup, CLUSTER};
+use crate::{cluster_up, node_pid, restart_stopped_nodes, topk_rollup, zookeeper, CLUSTER};
 
 /// How many replicas of `table` in `database` the node at `url` sees active.
 async fn active_replicas(url: &str, database: &str, table: &str) -> u8 {
@@ -65,7 +65,14 @@ async fn recorded_days(options: &ClickHouseOptions) -> u64 {
 async fn a_rollup_with_a_replica_of_a_shard_down_records_nothing_and_answers_stay_exact() {
     let _exclusive = crate::exclusive().await;
     let urls = cluster_up();
-    let pipeline = Pipeline::on_cluster("cluster_rollup_shard_down", 2, &urls[0], CLUSTER).await;
+    let pipeline = Pipeline::on_cluster(
+        "cluster_rollup_shard_down",
+        2,
+        &urls[0],
+        CLUSTER,
+        &zookeeper(),
+    )
+    .await;
     let mut spec = GeneratorSpec::new(12_000, Utc::now());
     spec.users = 800;
     spec.songs = 3_000;

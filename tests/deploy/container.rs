@@ -162,39 +162,54 @@ impl Container {
     }
 }
 
-/// Every container of one deployment that talks to ClickHouse must use the same ClickHouse
-/// endpoint and the same cluster setting: on a cluster a claim in the coordination tables is
-/// atomic only on one server, so the aggregators and the API must reach the same node
-/// (deploy/clickhouse-cluster/README.md, "Not yet", item 1), and a binary without the cluster
-/// setting would address tables the cluster layout does not have. `deployment` holds
-/// (where, container) pairs; values from secrets (unknown here) are skipped.
+/// Every container of one deployment that talks to ClickHouse must use the same cluster
+/// setting (a binary without it would address tables the cluster layout does not have), and on
+/// a cluster every binary that claims partitions and commits flushes (the aggregator, the
+/// restore of `topk-rollup`) must do so through Keeper (`TOPK_KEEPER_HOSTS`): a claim in the
+/// replicated coordination tables is atomic only on one server
+/// (deploy/clickhouse-cluster/README.md). `deployment` holds (where, container) pairs; values
+/// from secrets (unknown here) are skipped.
 pub fn check_one_clickhouse(
     catalog: &Catalog,
     deployment: &[(String, Container)],
     findings: &mut Findings,
 ) {
-    for (flag, what) in [
-        ("clickhouse-url", "reaches ClickHouse at"),
-        ("clickhouse-cluster", "has the ClickHouse cluster"),
-    ] {
-        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
-        for (place, container) in deployment {
-            if !catalog.knows_env(&container.binary, "TOPK_CLICKHOUSE_URL") {
-                continue;
-            }
-            if let Some(Some(value)) = container.effective(catalog, flag) {
-                seen.entry(value).or_insert(place);
-            }
+    let mut clusters: BTreeMap<String, &str> = BTreeMap::new();
+    for (place, container) in deployment {
+        if !catalog.knows_env(&container.binary, "TOPK_CLICKHOUSE_URL") {
+            continue;
         }
-        if seen.len() > 1 {
-            let all: Vec<String> = seen
-                .iter()
-                .map(|(value, place)| format!("{place} {what} `{value}`"))
-                .collect();
+        if let Some(Some(value)) = container.effective(catalog, "clickhouse-cluster") {
+            clusters.entry(value).or_insert(place);
+        }
+    }
+    if clusters.len() > 1 {
+        let all: Vec<String> = clusters
+            .iter()
+            .map(|(value, place)| format!("{place} has the ClickHouse cluster `{value}`"))
+            .collect();
+        findings.push(format!(
+            "not every binary uses the same ClickHouse cluster (--clickhouse-cluster): {}; \
+             every aggregator, the API, the rollup and the migration must use the same",
+            all.join(", ")
+        ));
+    }
+    if clusters.keys().all(String::is_empty) {
+        return;
+    }
+    for (place, container) in deployment {
+        // The aggregator claims all the time; `topk-rollup` only in its restore (the Job
+        // templates named so), not in `run` or `migrate`.
+        let claims = container.binary == "topk-aggregator" || place.contains("restore");
+        if !claims || !catalog.knows_env(&container.binary, "TOPK_KEEPER_HOSTS") {
+            continue;
+        }
+        let keeper = container.effective(catalog, "keeper-hosts");
+        if matches!(keeper, None | Some(Some(_))) && keeper.flatten().unwrap_or_default().is_empty()
+        {
             findings.push(format!(
-                "not every binary uses the same ClickHouse (--{flag}): {}; every aggregator, \
-                 the API, the rollup and the migration must reach the same node and cluster",
-                all.join(", ")
+                "{place} runs on a ClickHouse cluster without TOPK_KEEPER_HOSTS: its claims \
+                 and commits would be made in replicated tables, atomic only on one server"
             ));
         }
     }

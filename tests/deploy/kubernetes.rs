@@ -399,8 +399,9 @@ fn check_clickhouse_installations(
             if balanced.contains(host) {
                 findings.push(format!(
                     "TOPK_CLICKHOUSE_URL `{url}` is a Service the operator balances over \
-                     several nodes: every binary must reach one node (claims are atomic only \
-                     on one server), one of {nodes:?}"
+                     several nodes: a binary must reach one node (the statements of one flush \
+                     or claim read what the previous ones wrote, which another replica may \
+                     not have yet), one of {nodes:?}"
                 ));
             } else if !nodes.contains(host) {
                 findings.push(format!(

@@ -367,7 +367,7 @@ fn edits_that_break_deploy_files_are_reported() {
         ),
         // The cluster override (merged over compose.yaml): an unknown variable, a mounted file
         // that is not there, a dependency on no service, a cluster no node defines, one binary
-        // on another ClickHouse node.
+        // without Keeper.
         (
             "compose/compose.cluster.yaml",
             "TOPK_CLICKHOUSE_CLUSTER: topk",
@@ -394,14 +394,20 @@ fn edits_that_break_deploy_files_are_reported() {
         ),
         (
             "compose/compose.cluster.yaml",
-            "  rollup:\n    environment:\n",
-            "  rollup:\n    environment:\n      TOPK_CLICKHOUSE_URL: http://ch-s2-r1:8123\n",
-            "service rollup reaches ClickHouse at `http://ch-s2-r1:8123`",
+            "  aggregator:\n    environment:\n      <<: *topk-cluster\n      TOPK_KEEPER_HOSTS: keeper:9181\n",
+            "  aggregator:\n    environment:\n      <<: *topk-cluster\n",
+            "service aggregator runs on a ClickHouse cluster without TOPK_KEEPER_HOSTS",
         ),
         // The Kubernetes cluster overlay: the operator's balanced Service instead of one node,
         // a binary without the cluster option, a cluster the installation lacks, a Keeper it
         // does not define, a Secret key that is not there, a patch of nothing, an unknown
         // variable in a patched ConfigMap.
+        (
+            "k8s-cluster/kustomization.yaml",
+            "TOPK_KEEPER_HOSTS: \"keeper-topk-keeper:2181\"",
+            "TOPK_KEEPER_HOSTS: \"\"",
+            "on a ClickHouse cluster without TOPK_KEEPER_HOSTS",
+        ),
         (
             "k8s-cluster/kustomization.yaml",
             "TOPK_CLICKHOUSE_URL: \"http://chi-topk-topk-0-0:8123\"",

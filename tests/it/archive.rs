@@ -14,6 +14,7 @@ use topk_archive::restore::{
 use topk_archive::{ArchiveReader, ArchiveRecord, ArchiveSegment, ArchiveWriter, S3Options};
 use topk_core::claims::ClaimOwner;
 use topk_core::committed::CommittedFlushes;
+use topk_core::coordination::Coordinator;
 use topk_core::db::ClickHouseOptions;
 use topk_core::schema::MinuteRow;
 use topk_loadgen::generate::{
@@ -357,19 +358,26 @@ async fn restore(
     let client = clickhouse.client();
     let owner = restore_owner();
     let committed = CommittedFlushes::read(&client).await.unwrap();
-    let mut commits = claim_committed_partitions(&client, &owner, &committed)
-        .await
-        .unwrap();
+    let mut commits =
+        claim_committed_partitions(&client, &Coordinator::ClickHouse, &owner, &committed)
+            .await
+            .unwrap();
     request.counted_up_to = counted_up_to(&commits);
     let rebuilt = rebuild_minute_counts(reader, &request).await.unwrap();
     if commits.is_empty() {
-        commits = claim_replayed_partitions(&client, &owner, &rebuilt)
+        commits = claim_replayed_partitions(&client, &Coordinator::ClickHouse, &owner, &rebuilt)
             .await
             .unwrap();
     }
-    let restored = restore_days(clickhouse, &rebuilt, &owner, &commits)
-        .await
-        .unwrap();
+    let restored = restore_days(
+        clickhouse,
+        &Coordinator::ClickHouse,
+        &rebuilt,
+        &owner,
+        &commits,
+    )
+    .await
+    .unwrap();
     (rebuilt, restored)
 }
 

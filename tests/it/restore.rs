@@ -82,18 +82,32 @@ async fn truncated_tables_are_rebuilt_from_the_archive() {
         force: false,
     };
     // The aggregator committed moments ago: a restore refuses unless told it is stopped.
-    let refused = restore(&job, &pipeline.clickhouse, &reader, &request, |_| {})
-        .await
-        .unwrap_err();
+    let refused = restore(
+        &job,
+        &pipeline.clickhouse,
+        &pipeline.coordinator(),
+        &reader,
+        &request,
+        |_| {},
+    )
+    .await
+    .unwrap_err();
     assert!(refused.to_string().contains("--force"), "{refused}");
     let request = RestoreRequest {
         force: true,
         ..request
     };
     for attempt in 0..2 {
-        restore(&job, &pipeline.clickhouse, &reader, &request, |_| {})
-            .await
-            .unwrap_or_else(|error| panic!("restore attempt {attempt}: {error}"));
+        restore(
+            &job,
+            &pipeline.clickhouse,
+            &pipeline.coordinator(),
+            &reader,
+            &request,
+            |_| {},
+        )
+        .await
+        .unwrap_or_else(|error| panic!("restore attempt {attempt}: {error}"));
         assert!(
             pipeline.minute_counts().await == counts_before,
             "minute counts after restore {attempt}"

@@ -9,7 +9,9 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use serde::Deserialize;
+use topk_core::coordination::Coordinator;
 use topk_core::db::ClickHouseOptions;
+use topk_core::keeper::KeeperOptions;
 use topk_loadgen::generate::{GeneratedMessage, MinuteCounts};
 
 use crate::process::ChildProcess;
@@ -23,6 +25,8 @@ pub struct Pipeline {
     pub dead_letter_topic: String,
     pub group: String,
     pub partitions: i32,
+    /// Where the aggregators claim and commit: ClickHouse (empty) or the cluster's ZooKeeper.
+    pub keeper: KeeperOptions,
     /// The highest acknowledged offset per partition of everything produced so far.
     produced: std::sync::Arc<std::sync::Mutex<HashMap<i32, i64>>>,
 }
@@ -47,21 +51,37 @@ impl Pipeline {
             topic,
             dead_letter_topic,
             partitions,
+            keeper: KeeperOptions::default(),
             produced: Default::default(),
         }
     }
 
     /// A pipeline whose database is laid out on the ClickHouse cluster `cluster`, reached at
     /// `clickhouse_url` (one of its nodes), written with `insert_distributed_sync = 1` (a
-    /// flush's rows are on their shards before its commit is written).
+    /// flush's rows are on their shards before its commit is written), claims and commits
+    /// through the cluster's ZooKeeper (`keeper_hosts`), as production runs a cluster.
     pub async fn on_cluster(
         test_name: &str,
         partitions: i32,
         clickhouse_url: &str,
         cluster: &str,
+        keeper_hosts: &str,
     ) -> Self {
         let clickhouse = stack::fresh_cluster_database(test_name, clickhouse_url, cluster).await;
-        Self::with_database(clickhouse, test_name, partitions).await
+        let mut pipeline = Self::with_database(clickhouse, test_name, partitions).await;
+        // A root of its own: a test's database name is reused by its next run, its Keeper
+        // nodes would outlive the database (the aggregator refuses such nodes).
+        pipeline.keeper = KeeperOptions {
+            keeper_hosts: keeper_hosts.to_owned(),
+            keeper_root: format!("/topk-tests/{}", pipeline.topic),
+        };
+        pipeline
+    }
+
+    /// Where this pipeline's claims and commits are decided.
+    pub fn coordinator(&self) -> Coordinator {
+        Coordinator::new(&self.keeper, &self.clickhouse.clickhouse_database)
+            .expect("valid keeper options")
     }
 
     /// This pipeline's ClickHouse options with another endpoint (another node of a cluster).
@@ -113,6 +133,14 @@ impl Pipeline {
         .map(|arg| (*arg).to_owned())
         .collect();
         let mut defaults = defaults;
+        if self.keeper.enabled() {
+            defaults.extend([
+                "--keeper-hosts".to_owned(),
+                self.keeper.keeper_hosts.clone(),
+                "--keeper-root".to_owned(),
+                self.keeper.keeper_root.clone(),
+            ]);
+        }
         if !self.clickhouse.clickhouse_cluster.is_empty() {
             defaults.extend([
                 "--clickhouse-cluster".to_owned(),

@@ -37,7 +37,7 @@ use crate::schema::{ClaimRow, FLUSH_COMMITS, INGEST_CLAIMS};
 pub const MAX_PARTITIONS: u32 = 1 << 16;
 
 /// How often [`claim_partition`] retries when another claim of the partition got in first.
-const CLAIM_ATTEMPTS: u32 = 8;
+pub(crate) const CLAIM_ATTEMPTS: u32 = 8;
 
 /// The claim id of `epoch` for `partition`, with `random` breaking ties between claimers
 /// that race for the same epoch.
@@ -101,12 +101,37 @@ pub enum ClaimError {
     PartitionTooHigh(u32),
     #[error("partition {partition}: another claim got in first {CLAIM_ATTEMPTS} times in a row")]
     Contended { partition: u32 },
+    #[error(transparent)]
+    Keeper(#[from] crate::keeper::KeeperError),
+    #[error(
+        "partition {partition}: the newest claim in Keeper is {found}, a claim this writer \
+         made is not its parent; claims of this database are being made outside Keeper \
+         (every aggregator and restore of a database must use the same --keeper-hosts)"
+    )]
+    Diverged { partition: u32, found: u64 },
+    #[error(
+        "partition {partition}: Keeper names claim {claim}, which ClickHouse has never seen, \
+         nor its parent (the database was dropped or recreated, or points at another \
+         database's Keeper nodes): remove {path} in Keeper, or use another --keeper-root; if \
+         a replica is merely behind, this resolves itself"
+    )]
+    KeeperAhead {
+        partition: u32,
+        claim: u64,
+        path: String,
+    },
 }
 
 #[derive(Debug, Row, Deserialize)]
-struct ClaimLink {
+pub(crate) struct ClaimLink {
     claim_id: u64,
     parent_claim_id: u64,
+}
+
+impl ClaimLink {
+    pub(crate) fn id(&self) -> u64 {
+        self.claim_id
+    }
 }
 
 #[derive(Debug, Row, Deserialize)]
@@ -179,7 +204,7 @@ pub async fn renew_claim(
     Err(ClaimError::Contended { partition })
 }
 
-async fn contention_pause() {
+pub(crate) async fn contention_pause() {
     let pause = Duration::from_millis(u64::from(rand::random::<u8>()) + 10);
     tokio::time::sleep(pause).await;
 }
@@ -292,7 +317,7 @@ async fn try_claim(
     Ok(Attempt::Claimed(claim_of(ours)))
 }
 
-fn claim_of(row: &ClaimRow) -> Claim {
+pub(crate) fn claim_of(row: &ClaimRow) -> Claim {
     Claim {
         claim_id: row.claim_id,
         kafka_partition: row.kafka_partition,
@@ -303,7 +328,7 @@ fn claim_of(row: &ClaimRow) -> Claim {
     }
 }
 
-async fn read_claim(
+pub(crate) async fn read_claim(
     client: &clickhouse::Client,
     partition: u32,
     claim_id: u64,
@@ -322,7 +347,10 @@ async fn read_claim(
 /// The capped claims a new claim inherits: its parent's list, plus every older claim of the
 /// partition that is not an ancestor of the parent (it lost a race to become newest, so
 /// none of its rows count), with cap 0 unless already capped.
-fn inherited_caps(parent: Option<&ClaimRow>, links: &[ClaimLink]) -> (Vec<u64>, Vec<u64>) {
+pub(crate) fn inherited_caps(
+    parent: Option<&ClaimRow>,
+    links: &[ClaimLink],
+) -> (Vec<u64>, Vec<u64>) {
     let Some(parent) = parent else {
         return (Vec::new(), Vec::new());
     };

@@ -7,6 +7,8 @@
 //!   since theirs (what the rollup and the API both decide by).
 //! - [`dedup`]: the duplicate filter (same `event_id` within a horizon counts once).
 //! - [`claims`]: how a writer takes a Kafka partition over and fences the writers before it.
+//! - [`coordination`]: where claims and commits are decided: ClickHouse (one server) or
+//!   ZooKeeper / ClickHouse Keeper ([`keeper`], a cluster).
 //! - [`committed`]: which minute rows count (committed flushes): the rule every reader applies.
 //! - [`db`]: ClickHouse connection options and client construction.
 //! - [`migrate`]: the versioned SQL migrations in `sql/` and the runner that applies them.
@@ -19,9 +21,11 @@ pub mod claims;
 pub mod cluster;
 pub mod committed;
 pub mod config;
+pub mod coordination;
 pub mod db;
 pub mod dedup;
 pub mod event;
+pub mod keeper;
 pub mod migrate;
 pub mod schema;
 pub mod shutdown;
