@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use topk_core::claims::{Claim, ClaimOwner};
-use topk_core::coordination::{keeper_commit, CommitOutcome, Coordinator};
+use topk_core::coordination::{keeper_commit_node, mirror_commits, CommitOutcome, Coordinator};
 use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
 
 use topk_archive::ArchiveWriter;
@@ -254,19 +254,14 @@ impl FlushTarget {
             Coordinator::Keeper(keeper) => {
                 // Each partition's commit is a compare-and-set whose unknown outcome the
                 // next attempt settles by reading the node; the rows are not sent again.
+                // Then one insert mirrors the batch's commits; until it succeeds the
+                // partitions stay in the batch (committed in Keeper, found so next time).
                 let mut pending = Vec::new();
+                let mut committed = Vec::new();
                 let mut last_error = String::new();
                 for flush in batch.partitions.drain(..) {
-                    match bounded(keeper_commit(keeper, &self.client, &flush.commit)).await {
-                        Ok(CommitOutcome::Committed) => {
-                            let offset = flush.flush_offset();
-                            let claim = ClaimState {
-                                claim_id: flush.commit.claim_id,
-                                next_seq: flush.commit.flush_seq + 1,
-                            };
-                            results
-                                .push((flush.partition, FlushResult::Committed { offset, claim }));
-                        }
+                    match bounded(keeper_commit_node(keeper, &flush.commit)).await {
+                        Ok(CommitOutcome::Committed) => committed.push(flush),
                         Ok(CommitOutcome::Fenced) => {
                             tracing::warn!(
                                 partition = flush.partition,
@@ -280,6 +275,21 @@ impl FlushTarget {
                             pending.push(flush);
                             last_error = error;
                         }
+                    }
+                }
+                let rows: Vec<&FlushCommitRow> =
+                    committed.iter().map(|flush| &flush.commit).collect();
+                if let Err(error) = bounded(mirror_commits(&self.client, &rows)).await {
+                    pending.extend(committed);
+                    last_error = format!("mirroring commits: {error}");
+                } else {
+                    for flush in committed {
+                        let offset = flush.flush_offset();
+                        let claim = ClaimState {
+                            claim_id: flush.commit.claim_id,
+                            next_seq: flush.commit.flush_seq + 1,
+                        };
+                        results.push((flush.partition, FlushResult::Committed { offset, claim }));
                     }
                 }
                 batch.partitions = pending;

@@ -76,6 +76,9 @@ pub struct PartitionState {
     raw_records: Option<Vec<ArchiveRecord>>,
     raw_bytes: usize,
     events_since_flush: u64,
+    /// The Kafka timestamp (ms) of the newest record decided since the claim (0: none), which
+    /// each commit records (readers' `data_through`).
+    records_through_ms: i64,
 }
 
 /// One partition's share of a flush.
@@ -141,6 +144,7 @@ impl PartitionState {
             raw_records: archive.then(Vec::new),
             raw_bytes: 0,
             events_since_flush: 0,
+            records_through_ms: 0,
         }
     }
 
@@ -193,6 +197,9 @@ impl PartitionState {
             return Outcome::Replayed;
         }
         self.events_since_flush += 1;
+        if let Some(timestamp_ms) = record.raw.timestamp_ms {
+            self.records_through_ms = self.records_through_ms.max(timestamp_ms);
+        }
         match parsed {
             Ok(event) => match self
                 .dedup
@@ -319,6 +326,7 @@ impl PartitionState {
             released: u8::from(release),
             worker: worker.to_owned(),
             flushed_at: Utc::now(),
+            records_through_ms: self.records_through_ms,
         };
         self.dead_letter_bytes = 0;
         self.raw_bytes = 0;

@@ -414,6 +414,7 @@ pub async fn restore_days(
             released: 1,
             worker: owner.worker.clone(),
             flushed_at: Utc::now(),
+            records_through_ms: 0,
         });
     }
     commit_restored(&client, coordinator, &rows).await?;

@@ -92,6 +92,7 @@ pub async fn write_committed(clickhouse: &ClickHouseOptions, rows: &[MinuteRow])
             released: 1,
             worker: "test-writer".to_owned(),
             flushed_at: Utc::now(),
+            records_through_ms: 0,
         };
         insert(&client, FLUSH_COMMITS, &[commit]).await;
         claims.push(claim);
@@ -163,6 +164,7 @@ pub async fn commit_through_in(
         released: 1,
         worker: "test-writer".to_owned(),
         flushed_at: Utc::now(),
+        records_through_ms: 0,
     };
     insert(&client, FLUSH_COMMITS, &[commit]).await;
     claim
@@ -199,6 +201,7 @@ pub async fn commit_first_flush(
         released: 1,
         worker: "test-writer".to_owned(),
         flushed_at: Utc::now(),
+        records_through_ms: 0,
     };
     insert(&clickhouse.client(), FLUSH_COMMITS, &[commit]).await;
 }

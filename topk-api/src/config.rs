@@ -42,9 +42,10 @@ pub struct ApiConfig {
     #[arg(long, env = "TOPK_API_MAX_CONNECTIONS", default_value_t = 1024,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_connections: u32,
-    /// How long the set of rolled-up days read from `rollup_progress` is reused
-    /// (milliseconds; 0 reads it on every request, a second query per request).
-    #[arg(long, env = "TOPK_API_ROLLED_DAYS_CACHE_MS", default_value_t = 5000)]
+    /// How long what the store knows about the window's days (what counts, the rolled-up
+    /// days, `data_through`) is reused, in milliseconds: answers are this much older than the
+    /// committed counts at most (0 reads it on every request, a few more queries each).
+    #[arg(long, env = "TOPK_API_ROLLED_DAYS_CACHE_MS", default_value_t = 1000)]
     pub rolled_days_cache_ms: u64,
     /// Who may read what: `off` (anyone reads anyone; local use only), `hs256` (JWT signed
     /// with a shared secret) or `rs256` (JWT signed with an RSA key; the server holds the
@@ -160,7 +161,7 @@ mod tests {
         let config: ApiConfig = load_from(["topk-api"]).unwrap();
         assert_eq!(config.auth_mode, AuthMode::Off);
         assert_eq!(config.query_timeout(), Duration::from_secs(2));
-        assert_eq!(config.rolled_days_cache(), Duration::from_secs(5));
+        assert_eq!(config.rolled_days_cache(), Duration::from_secs(1));
         assert!(config.max_concurrent_requests >= 1);
     }
 

@@ -95,6 +95,9 @@ pub struct TopSongsResponse {
     pub user_id: String,
     pub window: WindowBody,
     pub generated_at: String,
+    /// How fresh the counts are: plays up to this moment (Kafka record time) are counted on
+    /// every partition; `null` while that is not known.
+    pub data_through: Option<String>,
     pub songs: Vec<SongBody>,
     pub exact: bool,
 }
@@ -142,8 +145,8 @@ pub async fn my_top_songs(
 }
 
 /// The answer with its validators: a weak `ETag` over what the answer says (the user, the
-/// window's first day, the songs with their plays, `exact`; not `generated_at` nor the
-/// window's end, which move every second while the counts stay), `304 Not Modified` without a
+/// window's first day, the songs with their plays, `exact`; not `generated_at`,
+/// `data_through` nor the window's end, which move every second while the counts stay), `304 Not Modified` without a
 /// body when the request's `If-None-Match` names it, and `Cache-Control: private, no-cache` with
 /// `Vary: Authorization` (a user's answer is theirs: shared caches must not keep it, and the
 /// client revalidates each time).
@@ -208,6 +211,9 @@ async fn top_songs(
             to: rfc3339(window.to),
         },
         generated_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
+        data_through: stored
+            .data_through
+            .map(|through| through.to_rfc3339_opts(SecondsFormat::Millis, true)),
         songs: ranking
             .songs
             .into_iter()

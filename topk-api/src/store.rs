@@ -38,7 +38,7 @@ use std::time::{Duration, Instant};
 use chrono::NaiveDate;
 use topk_core::cluster::Placement;
 use topk_core::committed::CommittedFlushes;
-use topk_core::schema::{RollupProgressRow, DAILY_TOP, PLAYS_MINUTE};
+use topk_core::schema::{RollupProgressRow, DAILY_TOP, FLUSH_COMMITS, PLAYS_MINUTE};
 use topk_core::snapshots::{days_with_new_commits, latest_rollups, DayHeads};
 use topk_core::window::{day_number, day_start, Window};
 
@@ -128,6 +128,7 @@ impl Store {
             Ok(WindowSongs {
                 songs: songs.into_values().filter(|song| song.plays > 0).collect(),
                 complete: !plan.plays_lost,
+                data_through: plan.data_through,
             })
         })
         .await
@@ -224,6 +225,10 @@ pub struct ReadPlan {
     pub late_days: BTreeSet<NaiveDate>,
     /// Days whose minute rows are (at least partly) there.
     pub minute_days: BTreeSet<NaiveDate>,
+    /// How fresh the counts are: every partition's counted plays reach up to at least this
+    /// Kafka timestamp (the oldest of the partitions' newest counted records); `None` while
+    /// some partition has no such record (nothing counted, or commits from before schema 6).
+    pub data_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl ReadPlan {
@@ -271,6 +276,7 @@ impl ReadPlan {
             .iter()
             .filter_map(|id| NaiveDate::parse_from_str(id, "%Y%m%d").ok())
             .collect();
+        let data_through = timed("data_through", data_through(client, &committed)).await?;
         Ok(Self {
             first_day,
             last_day,
@@ -278,6 +284,7 @@ impl ReadPlan {
             snapshots,
             late_days,
             minute_days,
+            data_through,
         })
     }
 
@@ -297,6 +304,32 @@ impl ReadPlan {
             late: self.late_days.contains(&day),
         }
     }
+}
+
+/// The oldest of the partitions' newest counted records (see [`ReadPlan::data_through`]):
+/// one row per partition of the commits that count in `committed`.
+async fn data_through(
+    client: &clickhouse::Client,
+    committed: &CommittedFlushes,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>, clickhouse::error::Error> {
+    let partitions = committed.partitions().count();
+    if partitions == 0 {
+        return Ok(None);
+    }
+    let query = client.query(&format!(
+        "SELECT kafka_partition, max(records_through_ms) FROM {FLUSH_COMMITS} \
+         WHERE {} GROUP BY kafka_partition",
+        CommittedFlushes::condition("")
+    ));
+    let newest: Vec<(u32, i64)> = committed.bind(query).fetch_all().await?;
+    if newest.len() < partitions || newest.iter().any(|(_, through)| *through <= 0) {
+        return Ok(None);
+    }
+    Ok(newest
+        .iter()
+        .map(|(_, through)| *through)
+        .min()
+        .and_then(chrono::DateTime::from_timestamp_millis))
 }
 
 /// How one day of the window is read.
@@ -320,6 +353,8 @@ pub struct WindowSongs {
     /// False when plays of the window cannot be read at all: a day's minute rows were pruned
     /// after plays were committed for it past its rollup.
     pub complete: bool,
+    /// See [`ReadPlan::data_through`].
+    pub data_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Which tables one request reads for which days, and the SQL for it.
@@ -343,6 +378,7 @@ struct WindowPlan {
     minutes_from_secs: i64,
     /// A day read from top lists alone had plays committed after its rollup.
     plays_lost: bool,
+    data_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 impl WindowPlan {
@@ -355,6 +391,7 @@ impl WindowPlan {
             last_day: today,
             window_end_secs: window.to.timestamp(),
             committed: plan.committed.arrays(),
+            data_through: plan.data_through,
             snapshot_ids: Vec::new(),
             top_list_days: Vec::new(),
             top_lists_only_days: Vec::new(),
@@ -660,6 +697,7 @@ mod tests {
                 .filter(|number| *number != 21)
                 .map(|number| day(&format!("2026-11-{number}")))
                 .collect(),
+            data_through: None,
         }
     }
 

@@ -145,6 +145,20 @@ pub async fn keeper_commit(
     client: &clickhouse::Client,
     commit: &FlushCommitRow,
 ) -> Result<CommitOutcome, ClaimError> {
+    let outcome = keeper_commit_node(keeper, commit).await?;
+    if outcome == CommitOutcome::Committed {
+        mirror_commit(client, commit).await?;
+    }
+    Ok(outcome)
+}
+
+/// Commits one flush in its partition's node only; the caller mirrors the commit rows
+/// ([`mirror_commits`]) before the partition's next flush. An error leaves the outcome
+/// unknown; calling again with the same commit settles it.
+pub async fn keeper_commit_node(
+    keeper: &Keeper,
+    commit: &FlushCommitRow,
+) -> Result<CommitOutcome, ClaimError> {
     let partition = commit.kafka_partition;
     loop {
         let Some(Versioned { node, version }) = keeper.read(partition).await? else {
@@ -167,9 +181,25 @@ pub async fn keeper_commit(
                 continue;
             }
         }
-        mirror_commit(client, commit).await?;
         return Ok(CommitOutcome::Committed);
     }
+}
+
+/// Writes commit rows committed in Keeper to the mirror in one insert (a flush's
+/// partitions). Sent again after an unknown outcome it may write a row twice: harmless,
+/// readers take the highest sequence of a claim.
+pub async fn mirror_commits(
+    client: &clickhouse::Client,
+    commits: &[&FlushCommitRow],
+) -> Result<(), clickhouse::error::Error> {
+    if commits.is_empty() {
+        return Ok(());
+    }
+    let mut insert = client.insert::<FlushCommitRow>(FLUSH_COMMITS).await?;
+    for commit in commits {
+        insert.write(*commit).await?;
+    }
+    insert.end().await
 }
 
 /// One claim attempt through Keeper: `Ok(None)` when the node changed under it (try again).
@@ -472,6 +502,7 @@ mod tests {
             released,
             worker: "w1".to_owned(),
             flushed_at: chrono::DateTime::UNIX_EPOCH,
+            records_through_ms: 0,
         }
     }
 

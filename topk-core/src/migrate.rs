@@ -52,6 +52,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_committed_view_order.sql",
         sql: include_str!("../../sql/0005_committed_view_order.sql"),
     },
+    Migration {
+        version: 6,
+        name: "0006_flush_commit_record_time.sql",
+        sql: include_str!("../../sql/0006_flush_commit_record_time.sql"),
+    },
 ];
 
 /// The schema version this build expects (the API's `/readyz` checks it).

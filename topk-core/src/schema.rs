@@ -90,6 +90,10 @@ pub struct FlushCommitRow {
     pub worker: String,
     #[serde(with = "clickhouse::serde::chrono::datetime")]
     pub flushed_at: DateTime<Utc>,
+    /// The Kafka timestamp (ms) of the newest record this flush counted, 0 when none: what
+    /// readers report as how fresh the counts are.
+    #[serde(default)]
+    pub records_through_ms: i64,
 }
 
 /// One of a user's top songs of one UTC day.

@@ -277,6 +277,7 @@ impl World {
             snapshots,
             late_days,
             minute_days,
+            data_through: None,
         }
     }
 

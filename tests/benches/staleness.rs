@@ -1,0 +1,273 @@
+//! Benchmark: end-to-end staleness — a play produced to Kafka until the API answers with it —
+//! under load, with the default settings (the aggregator's flush interval, the API's plan
+//! cache): the original design's freshness SLO, p95 ≤ 5 s at 10 000 events/s.
+//!
+//! Load: `TOPK_BENCH_RATE` events/s (10 000) for `TOPK_BENCH_SECONDS` (300) on a topic of
+//! `TOPK_BENCH_PARTITIONS` partitions (8), users and songs Zipf-distributed (200 000 users,
+//! 50 000 songs), every play of the current minute; one `topk-aggregator` (the release
+//! build, default settings). Every 500 ms a *marker* play of a fresh user is produced with
+//! the load; a poller asks the API (in this process, default settings, on a port) for that
+//! user every 100 ms until the marker's song shows. Prints p50/p95/p99/max of
+//! produce-to-visible beside the target, how far `data_through` trailed the answer, the rate
+//! actually produced and counted, and ClickHouse's active parts per partition of the tables
+//! the aggregator writes at the end (merges keeping up with 1 s flushes).
+//!
+//! `cargo build --release -p topk-aggregator && cargo bench -p topk-tests --bench staleness`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use rand::{Rng, SeedableRng};
+use rand_distr::{Distribution, Zipf};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use tokio::sync::Mutex;
+use topk_api::config::ApiConfig;
+use topk_api::AppState;
+use topk_tests::pipeline::Pipeline;
+use topk_tests::process::http_get;
+use topk_tests::stack;
+
+/// The target: p95 of produce-to-visible.
+const TARGET_P95: Duration = Duration::from_secs(5);
+/// One marker play this often.
+const MARKER_EVERY: Duration = Duration::from_millis(500);
+/// The poller asks for each unseen marker this often.
+const POLL_EVERY: Duration = Duration::from_millis(100);
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn play(event_id: &str, user: &str, song: &str, ts_ms: i64) -> String {
+    format!(r#"{{"event_id":"{event_id}","user_id":"{user}","song_id":"{song}","ts":{ts_ms}}}"#)
+}
+
+/// A marker produced and not yet seen in the API.
+struct Marker {
+    user: String,
+    song: String,
+    produced: Instant,
+}
+
+#[derive(Default)]
+struct Observations {
+    staleness: Vec<Duration>,
+    /// How far `data_through` was behind the moment the marker became visible.
+    data_through_lag: Vec<Duration>,
+}
+
+async fn poll_markers(
+    port: u16,
+    pending: Arc<Mutex<Vec<Marker>>>,
+    seen: Arc<Mutex<Observations>>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) {
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
+        let markers: Vec<(String, String, Instant)> = pending
+            .lock()
+            .await
+            .iter()
+            .map(|marker| (marker.user.clone(), marker.song.clone(), marker.produced))
+            .collect();
+        if stopping && markers.is_empty() {
+            return;
+        }
+        for (user, song, produced) in markers {
+            let Some((200, body)) =
+                http_get(port, &format!("/v1/users/{user}/top-songs?limit=1")).await
+            else {
+                continue;
+            };
+            if !body.contains(&format!("\"{song}\"")) {
+                continue;
+            }
+            let visible = produced.elapsed();
+            let json: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            let lag = json["data_through"]
+                .as_str()
+                .and_then(|through| chrono::DateTime::parse_from_rfc3339(through).ok())
+                .and_then(|through| (Utc::now() - through.with_timezone(&Utc)).to_std().ok());
+            let mut observations = seen.lock().await;
+            observations.staleness.push(visible);
+            if let Some(lag) = lag {
+                observations.data_through_lag.push(lag);
+            }
+            pending.lock().await.retain(|marker| marker.user != user);
+        }
+        tokio::time::sleep(POLL_EVERY).await;
+    }
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> anyhow::Result<()> {
+    let rate = env_number("TOPK_BENCH_RATE", 10_000);
+    let seconds = env_number("TOPK_BENCH_SECONDS", 300);
+    let partitions = i32::try_from(env_number("TOPK_BENCH_PARTITIONS", 8))?;
+    println!(
+        "staleness: {rate} events/s for {seconds} s on {partitions} partitions, one marker \
+         every {MARKER_EVERY:?}; default aggregator and API settings"
+    );
+    let pipeline = Pipeline::new("bench_staleness", partitions).await;
+    // The aggregator's default flush interval (the test pipeline's shorter one replaced).
+    let defaults: topk_aggregator::config::AggregatorConfig =
+        topk_core::config::load_from(["topk-aggregator"])?;
+    let flush_interval = defaults.flush_interval_ms.to_string();
+    println!("  aggregator flush interval {flush_interval} ms (its default)");
+    let mut aggregator =
+        pipeline.start_aggregator("bench-staleness", &["--flush-interval-ms", &flush_interval]);
+    let config = ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
+    let state = AppState::from_config(&config)?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(topk_api::serve(listener, state, async {
+        let _ = api_stopped.await;
+    }));
+
+    let producer: FutureProducer = rdkafka::config::ClientConfig::new()
+        .set("bootstrap.servers", stack::kafka_brokers())
+        .set("linger.ms", "5")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()?;
+    let pending = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::new(Mutex::new(Observations::default()));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let poller = tokio::spawn(poll_markers(
+        port,
+        pending.clone(),
+        seen.clone(),
+        stop.clone(),
+    ));
+
+    let users = Zipf::new(200_000.0, 1.1)?;
+    let songs = Zipf::new(50_000.0, 1.1)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let started = Instant::now();
+    let mut produced: u64 = 0;
+    let mut markers: u64 = 0;
+    let mut next_marker = Instant::now();
+    let tick = Duration::from_millis(10);
+    let per_tick = rate.div_ceil(100);
+    let mut deliveries = Vec::new();
+    while started.elapsed() < Duration::from_secs(seconds) {
+        let tick_started = Instant::now();
+        let now_ms = Utc::now().timestamp_millis();
+        for _ in 0..per_tick {
+            let user = format!("u{}", users.sample(&mut rng) as u64);
+            let song = format!("s{}", songs.sample(&mut rng) as u64);
+            let payload = play(&format!("e{produced}"), &user, &song, now_ms);
+            produced += 1;
+            let record = FutureRecord::to(&pipeline.topic)
+                .key(&user)
+                .payload(&payload);
+            match producer.send_result(record) {
+                Ok(delivery) => deliveries.push(delivery),
+                Err((error, _)) => anyhow::bail!("produce: {error}"),
+            }
+        }
+        if Instant::now() >= next_marker {
+            next_marker += MARKER_EVERY;
+            let user = format!("marker-{markers}");
+            let song = format!("marker-song-{}", rng.random::<u32>());
+            let payload = play(&format!("m{markers}"), &user, &song, now_ms);
+            markers += 1;
+            let record = FutureRecord::to(&pipeline.topic)
+                .key(&user)
+                .payload(&payload);
+            if let Ok(delivery) = producer.send_result(record) {
+                pending.lock().await.push(Marker {
+                    user,
+                    song,
+                    produced: Instant::now(),
+                });
+                deliveries.push(delivery);
+            }
+        }
+        if deliveries.len() > 50_000 {
+            for delivery in deliveries.drain(..) {
+                delivery.await?.map_err(|(error, _)| error)?;
+            }
+        }
+        if let Some(rest) = tick.checked_sub(tick_started.elapsed()) {
+            tokio::time::sleep(rest).await;
+        }
+    }
+    for delivery in deliveries.drain(..) {
+        delivery.await?.map_err(|(error, _)| error)?;
+    }
+    producer.flush(Duration::from_secs(30))?;
+    let produce_seconds = started.elapsed().as_secs_f64();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let drained = tokio::time::timeout(Duration::from_secs(120), poller).await;
+    let unseen = pending.lock().await.len();
+    if drained.is_err() {
+        println!("  {unseen} markers not visible 120 s after the load ended");
+    }
+
+    let observations = seen.lock().await;
+    let mut staleness = observations.staleness.clone();
+    staleness.sort();
+    let mut lag = observations.data_through_lag.clone();
+    lag.sort();
+    println!(
+        "  produced {produced} events + {markers} markers in {produce_seconds:.0} s: {:.0} events/s",
+        produced as f64 / produce_seconds
+    );
+    println!(
+        "  produce -> visible in the API ({} markers, {unseen} never seen): p50 {:?}  p95 {:?}  \
+         p99 {:?}  max {:?}   target p95 <= {TARGET_P95:?}: {}",
+        staleness.len(),
+        percentile(&staleness, 50.0),
+        percentile(&staleness, 95.0),
+        percentile(&staleness, 99.0),
+        staleness.last().copied().unwrap_or_default(),
+        if percentile(&staleness, 95.0) <= TARGET_P95 && unseen == 0 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "  data_through behind the clock when a marker showed: p50 {:?}  p95 {:?}  max {:?}",
+        percentile(&lag, 50.0),
+        percentile(&lag, 95.0),
+        lag.last().copied().unwrap_or_default()
+    );
+    drop(observations);
+    pipeline.wait_until_drained(Duration::from_secs(300)).await;
+    println!(
+        "  aggregator drained the topic {:.0} s after the load ended",
+        started.elapsed().as_secs_f64() - produce_seconds
+    );
+    let client = pipeline.clickhouse.client();
+    let parts: Vec<(String, String, u64, u64)> = client
+        .query(
+            "SELECT table, partition, count(), sum(rows) FROM system.parts \
+             WHERE database = currentDatabase() AND active \
+             AND table IN ('plays_minute', 'flush_commits') \
+             GROUP BY table, partition ORDER BY table, partition",
+        )
+        .fetch_all()
+        .await?;
+    for (table, partition, count, rows) in parts {
+        println!("  active parts: {table} partition {partition}: {count} parts, {rows} rows");
+    }
+    assert!(aggregator.is_running(), "{}", aggregator.log_tail(20));
+    aggregator.terminate(Duration::from_secs(60));
+    let _ = stop_api.send(());
+    let _ = server.await;
+    Ok(())
+}
