@@ -68,7 +68,8 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-fn request_span(request: &Request) -> tracing::Span {
+/// The span of one request: method, path and request id (shared with `topk-ingest`).
+pub fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -90,8 +91,9 @@ async fn shed_error(error: BoxError) -> AppError {
     AppError::Internal(error.to_string())
 }
 
-/// `http_requests_total{route,status}` and `http_request_duration_seconds{route,status}`.
-async fn record_request_metrics(request: Request, next: Next) -> Response {
+/// `http_requests_total{route,status}` and `http_request_duration_seconds{route,status}`
+/// (shared with `topk-ingest`).
+pub async fn record_request_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()
