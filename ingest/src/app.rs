@@ -18,8 +18,6 @@ use tower::limit::GlobalConcurrencyLimitLayer;
 use tower::load_shed::error::Overloaded;
 use tower::load_shed::LoadShedLayer;
 use tower::ServiceBuilder;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::trace::TraceLayer;
 
 use crate::error::IngestError;
 use crate::routes;
@@ -41,7 +39,7 @@ pub fn app(state: IngestState) -> Router {
                 )),
         )
         .layer(DefaultBodyLimit::max(state.max_body_bytes()));
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -52,19 +50,8 @@ pub fn app(state: IngestState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,
-        ))
-        .layer(middleware::from_fn(topk_api::app::record_request_metrics))
-        .layer(
-            ServiceBuilder::new()
-                .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-                .layer(
-                    TraceLayer::new_for_http()
-                        .make_span_with(topk_api::app::request_span)
-                        .on_failure(()),
-                )
-                .layer(PropagateRequestIdLayer::x_request_id()),
-        )
-        .with_state(state)
+        ));
+    topk_api::app::observed(router).with_state(state)
 }
 
 async fn shed_error(error: BoxError) -> IngestError {
@@ -72,7 +59,7 @@ async fn shed_error(error: BoxError) -> IngestError {
         metrics::counter!("http_requests_shed_total").increment(1);
         return IngestError::Overloaded;
     }
-    IngestError::NotReady(error.to_string())
+    IngestError::Internal(error.to_string())
 }
 
 /// Answers 503 (with `Retry-After`) for a request still unanswered at the request timeout.

@@ -49,6 +49,8 @@ pub enum IngestError {
     RequestTimeout(Duration),
     #[error("kafka is not reachable: {0}")]
     NotReady(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("no such route")]
     NotFound,
     #[error("method not allowed on this route")]
@@ -75,6 +77,7 @@ impl IngestError {
             Self::Kafka(_) | Self::Overloaded | Self::RequestTimeout(_) | Self::NotReady(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
         }
@@ -95,6 +98,7 @@ impl IngestError {
             Self::Kafka(_) | Self::NotReady(_) => "kafka_unavailable",
             Self::Overloaded => "overloaded",
             Self::RequestTimeout(_) => "request_timeout",
+            Self::Internal(_) => "internal_error",
             Self::NotFound => "not_found",
             Self::MethodNotAllowed => "method_not_allowed",
         }
@@ -113,6 +117,7 @@ impl IngestError {
             Self::RequestTimeout(_) => {
                 "the request took too long; retry it with the same event_ids".to_owned()
             }
+            Self::Internal(_) => "internal error".to_owned(),
             other => other.to_string(),
         }
     }
@@ -138,6 +143,7 @@ impl IntoResponse for IngestError {
                 tracing::warn!(error = %self, "events not acknowledged by kafka");
             }
             Self::NotReady(_) => tracing::warn!(error = %self, "not ready"),
+            Self::Internal(_) => tracing::error!(error = %self, "request failed"),
             _ => {}
         }
         let body = json!({"error": {"code": self.code(), "message": self.public_message()}});

@@ -2,6 +2,7 @@
 //! hand, as `topk-api`'s; the tests check it lists every route the router serves.
 
 use serde_json::{json, Value};
+use topk_api::openapi::{error_response, error_schema};
 use topk_core::event::{RejectReason, MAX_ID_BYTES};
 
 /// Every path the router serves, as written in the document.
@@ -12,13 +13,6 @@ pub const PATHS: [&str; 5] = [
     "/metrics",
     "/openapi.json",
 ];
-
-fn error_response(description: &str) -> Value {
-    json!({
-        "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-    })
-}
 
 fn with_retry_after(mut response: Value, description: &str) -> Value {
     response["headers"] = json!({
@@ -141,15 +135,7 @@ pub fn document(auth_on: bool) -> Value {
                         }}
                     }
                 },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
-                    }}
-                }
+                "Error": error_schema()
             }
         }
     })

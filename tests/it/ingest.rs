@@ -400,3 +400,88 @@ async fn own_plays_for_users_anyones_with_the_scope_rate_limits_and_size_caps() 
     expected.sort();
     assert_eq!(ids, expected);
 }
+
+/// `POST /v1/plays` over a real socket (`Connection: close`): the status and the body.
+async fn post_over_socket(port: u16, body: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect");
+    let request = format!(
+        "POST /v1/plays HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.expect("send");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("receive");
+    let text = String::from_utf8_lossy(&response).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    let body = text.split_once("\r\n\r\n").map_or("", |(_, body)| body);
+    (status, body.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_serves_counts_in_metrics_and_stops_cleanly_on_sigterm() {
+    use topk_tests::process::{free_port, http_get, ChildProcess};
+    let brokers = stack::kafka_brokers();
+    let topic = stack::fresh_topic("ingest_binary", 1).await;
+    let port = free_port();
+    let args: Vec<String> = [
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--kafka-brokers",
+        &brokers,
+        "--plays-topic",
+        &topic,
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut child = ChildProcess::start("topk-ingest", &format!("{topic}-ingest"), &args, &[]);
+    child
+        .wait_until_listening(port, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        http_get(port, "/readyz").await.map(|(status, _)| status),
+        Some(200)
+    );
+
+    let now = Utc::now().timestamp_millis();
+    let body = format!(
+        "{}\n{}\n{{\"event_id\":\"e3\",\"user_id\":\"u\",\"song_id\":\"s\",\"ts\":1}}\n",
+        json!({"event_id": "e1", "user_id": "u", "song_id": "s", "ts": now}),
+        json!({"event_id": "e2", "user_id": "u", "song_id": "s", "ts": now}),
+    );
+    let (status, answer) = post_over_socket(port, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let (status, metrics) = http_get(port, "/metrics").await.expect("metrics");
+    assert_eq!(status, 200);
+    for expected in [
+        "topk_ingest_events_accepted_total 2",
+        r#"topk_ingest_events_rejected_total{reason="ts_too_old"} 1"#,
+        "topk_ingest_kafka_ack_seconds_bucket{",
+        r#"http_requests_total{route="/v1/plays",status="202"} 1"#,
+    ] {
+        assert!(metrics.contains(expected), "{expected} not in\n{metrics}");
+    }
+    let (status, document) = http_get(port, "/openapi.json").await.expect("openapi");
+    assert_eq!(status, 200);
+    assert!(document.contains("\"/v1/plays\""));
+
+    assert_eq!(
+        child.terminate(Duration::from_secs(20)),
+        Some(0),
+        "{}",
+        child.log_tail(20)
+    );
+    assert!(
+        child.log_tail(20).contains("producer flushed"),
+        "{}",
+        child.log_tail(20)
+    );
+    let records = read_topic(&brokers, &topic, 1, 2, Duration::from_secs(30));
+    assert_eq!(records.len(), 2);
+}
