@@ -7,6 +7,7 @@ mod archive;
 mod archive_ingest;
 mod exactly_once;
 mod foundation;
+mod ingest;
 mod proxy;
 mod restore;
 mod rollup;

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod committed;
+pub mod ingest;
 pub mod pipeline;
 pub mod process;
 pub mod proxy;

@@ -123,11 +123,17 @@ pub async fn fresh_topic(test_name: &str, partitions: i32) -> String {
         .expect("clock after 1970")
         .as_millis();
     let topic = format!("{}-{suffix}", resource_name("t", test_name));
+    create_topic(&kafka_brokers(), &topic, partitions).await;
+    topic
+}
+
+/// Creates `topic` with `partitions` partitions on `brokers`.
+pub async fn create_topic(brokers: &str, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-        .set("bootstrap.servers", kafka_brokers())
+        .set("bootstrap.servers", brokers)
         .create()
         .expect("admin client");
-    let new_topic = NewTopic::new(&topic, partitions, TopicReplication::Fixed(1));
+    let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
     let results = admin
         .create_topics(
             [&new_topic],
@@ -136,14 +142,12 @@ pub async fn fresh_topic(test_name: &str, partitions: i32) -> String {
         .await
         .unwrap_or_else(|error| {
             panic!(
-                "Kafka broker at {} is not reachable ({error}); start the stack with scripts/stack.sh up",
-                kafka_brokers()
+                "Kafka broker at {brokers} is not reachable ({error}); start the stack with scripts/stack.sh up"
             )
         });
     for result in results {
         result.unwrap_or_else(|(name, code)| panic!("creating topic {name}: {code}"));
     }
-    topic
 }
 
 /// The S3 client for the stack's Garage (credentials through the standard AWS env vars).

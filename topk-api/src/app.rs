@@ -40,7 +40,7 @@ pub fn app(state: AppState) -> Router {
                     state.in_flight(),
                 )),
         );
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
         .route("/metrics", get(routes::metrics))
@@ -51,7 +51,15 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::from_fn_with_state(
             state.clone(),
             request_timeout,
-        ))
+        ));
+    observed(router).with_state(state)
+}
+
+/// The outer layers every topk HTTP service has (shared with `topk-ingest`): the request
+/// metrics, then a request id set on the request, a tracing span carrying it and the id
+/// copied to the response.
+pub fn observed<S: Clone + Send + Sync + 'static>(router: Router<S>) -> Router<S> {
+    router
         .layer(middleware::from_fn(record_request_metrics))
         .layer(
             ServiceBuilder::new()
@@ -65,10 +73,10 @@ pub fn app(state: AppState) -> Router {
                 )
                 .layer(PropagateRequestIdLayer::x_request_id()),
         )
-        .with_state(state)
 }
 
-fn request_span(request: &Request) -> tracing::Span {
+/// The span of one request: method, path and request id (shared with `topk-ingest`).
+pub fn request_span(request: &Request) -> tracing::Span {
     let request_id = request
         .headers()
         .get("x-request-id")
@@ -90,8 +98,9 @@ async fn shed_error(error: BoxError) -> AppError {
     AppError::Internal(error.to_string())
 }
 
-/// `http_requests_total{route,status}` and `http_request_duration_seconds{route,status}`.
-async fn record_request_metrics(request: Request, next: Next) -> Response {
+/// `http_requests_total{route,status}` and `http_request_duration_seconds{route,status}`
+/// (shared with `topk-ingest`).
+pub async fn record_request_metrics(request: Request, next: Next) -> Response {
     let route = request
         .extensions()
         .get::<MatchedPath>()

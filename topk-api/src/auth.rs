@@ -9,6 +9,9 @@
 //! any user when its `scope` or `scp` claim (a space-separated string or an array of strings)
 //! contains [`READ_ANY_SCOPE`].
 //!
+//! `topk-ingest` verifies its tokens with the same [`Authenticator`] (built from its own
+//! options through [`JwtSettings`]) and checks its own scope with [`Caller::has_scope`].
+//!
 //! A missing or invalid token is a 401 whose body says only "missing or invalid bearer
 //! token": which check failed is logged here, never sent. A valid token reading someone else
 //! without the scope is a 403. Both carry an RFC 6750 `WWW-Authenticate: Bearer` challenge
@@ -69,10 +72,23 @@ pub enum Authenticator {
     },
 }
 
+/// What an [`Authenticator`] is built from: the JWT options of a binary's config, and the
+/// prefix of their env vars (`TOPK_API`, `TOPK_INGEST`) for the startup error messages.
+#[derive(Debug, Clone, Copy)]
+pub struct JwtSettings<'a> {
+    pub env_prefix: &'static str,
+    pub auth_mode: AuthMode,
+    pub hs256_secret: &'a str,
+    pub rs256_public_key_file: &'a str,
+    pub issuer: Option<&'a str>,
+    pub audience: Option<&'a str>,
+    pub allow_any_audience: bool,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AuthConfigError {
-    #[error("auth_mode = hs256 needs jwt_hs256_secret (TOPK_API_JWT_HS256_SECRET)")]
-    MissingSecret,
+    #[error("auth_mode = hs256 needs jwt_hs256_secret ({env_prefix}_JWT_HS256_SECRET)")]
+    MissingSecret { env_prefix: &'static str },
     #[error(
         "jwt_hs256_secret is {bytes} bytes; HS256 needs at least {MIN_HS256_SECRET_BYTES} \
          (256 bits, RFC 7518 §3.2): generate one with `openssl rand -base64 32`"
@@ -92,12 +108,12 @@ pub enum AuthConfigError {
     },
     #[error(
         "auth is on but no audience is configured, so tokens the identity provider issued for \
-         any other service would be accepted: set jwt_audience (TOPK_API_JWT_AUDIENCE, \
-         --jwt-audience) to the `aud` of this API's tokens, or, to accept any audience on \
-         purpose, jwt_allow_any_audience = true (TOPK_API_JWT_ALLOW_ANY_AUDIENCE=true, \
+         any other service would be accepted: set jwt_audience ({env_prefix}_JWT_AUDIENCE, \
+         --jwt-audience) to the `aud` of this service's tokens, or, to accept any audience on \
+         purpose, jwt_allow_any_audience = true ({env_prefix}_JWT_ALLOW_ANY_AUDIENCE=true, \
          --jwt-allow-any-audience)"
     )]
-    MissingAudience,
+    MissingAudience { env_prefix: &'static str },
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -119,12 +135,17 @@ impl Authenticator {
     }
 
     pub fn from_config(config: &ApiConfig) -> Result<Self, AuthConfigError> {
-        let (key, algorithm) = match config.auth_mode {
+        Self::from_settings(&config.jwt_settings())
+    }
+
+    pub fn from_settings(settings: &JwtSettings<'_>) -> Result<Self, AuthConfigError> {
+        let env_prefix = settings.env_prefix;
+        let (key, algorithm) = match settings.auth_mode {
             AuthMode::Off => return Ok(Self::Off),
             AuthMode::Hs256 => {
-                let secret = &config.jwt_hs256_secret;
+                let secret = settings.hs256_secret;
                 if secret.is_empty() {
-                    return Err(AuthConfigError::MissingSecret);
+                    return Err(AuthConfigError::MissingSecret { env_prefix });
                 }
                 if secret.len() < MIN_HS256_SECRET_BYTES {
                     return Err(AuthConfigError::ShortSecret {
@@ -137,17 +158,17 @@ impl Authenticator {
                 )
             }
             AuthMode::Rs256 => {
-                let path = &config.jwt_rs256_public_key_file;
+                let path = settings.rs256_public_key_file;
                 if path.is_empty() {
                     return Err(AuthConfigError::MissingPublicKey);
                 }
                 let pem = std::fs::read(path).map_err(|source| AuthConfigError::ReadPublicKey {
-                    path: path.clone(),
+                    path: path.to_owned(),
                     source,
                 })?;
                 let key = DecodingKey::from_rsa_pem(&pem).map_err(|source| {
                     AuthConfigError::ParsePublicKey {
-                        path: path.clone(),
+                        path: path.to_owned(),
                         source,
                     }
                 })?;
@@ -158,21 +179,21 @@ impl Authenticator {
         validation.validate_nbf = true;
         // A configured issuer or audience must also be present, not only match when present.
         let mut required_claims = vec!["exp", "sub"];
-        match config.jwt_audience() {
+        match settings.audience {
             Some(audience) => {
                 validation.set_audience(&[audience]);
                 required_claims.push("aud");
             }
-            None if config.jwt_allow_any_audience => {
+            None if settings.allow_any_audience => {
                 tracing::warn!(
                     "jwt_audience is not set and jwt_allow_any_audience is on: tokens for any \
                      audience are accepted"
                 );
                 validation.validate_aud = false;
             }
-            None => return Err(AuthConfigError::MissingAudience),
+            None => return Err(AuthConfigError::MissingAudience { env_prefix }),
         }
-        if let Some(issuer) = config.jwt_issuer() {
+        if let Some(issuer) = settings.issuer {
             validation.set_issuer(&[issuer]);
             required_claims.push("iss");
         }
@@ -184,7 +205,7 @@ impl Authenticator {
     }
 
     /// The caller of a request with these headers.
-    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, AppError> {
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Caller, BearerError> {
         let Self::Jwt { key, validation } = self else {
             return Ok(Caller::Anyone);
         };
@@ -192,13 +213,13 @@ impl Authenticator {
             Ok(token) => token,
             Err(reason) => {
                 tracing::debug!(reason, "request without a bearer token");
-                return Err(AppError::Unauthenticated(BearerError::Missing));
+                return Err(BearerError::Missing);
             }
         };
         verify(token, key, validation).map_err(|reason| {
             // The reason names the check, never the token or a claim's value.
             tracing::info!(%reason, "rejected a bearer token");
-            AppError::Unauthenticated(BearerError::InvalidToken)
+            BearerError::InvalidToken
         })
     }
 }
@@ -228,13 +249,14 @@ fn verify(token: &[u8], key: &DecodingKey, validation: &Validation) -> Result<Ca
         .map_err(|error| rejection_reason(&error))?
         .claims;
     check_id("sub", &claims.sub).map_err(|rejection| rejection.detail)?;
-    let reads_any = [&claims.scope, &claims.scp]
+    let scopes = [claims.scope, claims.scp]
         .into_iter()
         .flatten()
-        .any(|scopes| scopes.contains(READ_ANY_SCOPE));
+        .flat_map(Scopes::into_list)
+        .collect();
     Ok(Caller::User {
         subject: claims.sub,
-        reads_any,
+        scopes,
     })
 }
 
@@ -273,11 +295,15 @@ enum Scopes {
 }
 
 impl Scopes {
-    /// Whether `wanted` is one of the scopes (exactly, case-sensitively).
-    fn contains(&self, wanted: &str) -> bool {
+    /// One scope per element: a string split at spaces, an array's elements as they are.
+    fn into_list(self) -> Vec<String> {
         match self {
-            Self::Text(text) => text.split(' ').any(|scope| scope == wanted),
-            Self::List(list) => list.iter().any(|scope| scope == wanted),
+            Self::Text(text) => text
+                .split(' ')
+                .filter(|scope| !scope.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            Self::List(list) => list,
         }
     }
 }
@@ -289,18 +315,27 @@ pub enum Caller {
     Anyone,
     User {
         subject: String,
-        reads_any: bool,
+        /// The token's `scope` and `scp` claims, one scope per element.
+        scopes: Vec<String>,
     },
 }
 
 impl Caller {
+    /// Whether the token carries `wanted` (exactly, case-sensitively); `false` with auth off.
+    pub fn has_scope(&self, wanted: &str) -> bool {
+        match self {
+            Self::Anyone => false,
+            Self::User { scopes, .. } => scopes.iter().any(|scope| scope == wanted),
+        }
+    }
+
     /// Whether this caller may read `user_id`'s top songs.
     pub fn authorize(&self, user_id: &str) -> Result<(), AppError> {
         match self {
             Self::Anyone => Ok(()),
-            Self::User {
-                subject, reads_any, ..
-            } if *reads_any || subject == user_id => Ok(()),
+            Self::User { subject, .. } if subject == user_id || self.has_scope(READ_ANY_SCOPE) => {
+                Ok(())
+            }
             Self::User { .. } => Err(AppError::Forbidden(format!(
                 "this token may read its own user only (or any user with scope {READ_ANY_SCOPE})"
             ))),
@@ -320,7 +355,7 @@ impl FromRequestParts<AppState> for Caller {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, AppError> {
-        state.authenticator().authenticate(&parts.headers)
+        Ok(state.authenticator().authenticate(&parts.headers)?)
     }
 }
 
@@ -384,23 +419,23 @@ mod tests {
         headers
     }
 
-    fn authenticate(config: &ApiConfig, claims: &Value) -> Result<Caller, AppError> {
+    fn authenticate(config: &ApiConfig, claims: &Value) -> Result<Caller, BearerError> {
         Authenticator::from_config(config)
             .unwrap()
             .authenticate(&bearer(&format!("Bearer {}", token(claims, SECRET))))
     }
 
     #[track_caller]
-    fn assert_invalid_token(result: Result<Caller, AppError>) {
+    fn assert_invalid_token(result: Result<Caller, BearerError>) {
         match result {
-            Err(AppError::Unauthenticated(BearerError::InvalidToken)) => {}
+            Err(BearerError::InvalidToken) => {}
             other => panic!("expected an invalid token, got {other:?}"),
         }
     }
 
     fn reads_any(config: &ApiConfig, extra: Value) -> bool {
         match authenticate(config, &claims(extra)) {
-            Ok(Caller::User { reads_any, .. }) => reads_any,
+            Ok(caller @ Caller::User { .. }) => caller.has_scope(READ_ANY_SCOPE),
             other => panic!("expected a user, got {other:?}"),
         }
     }
@@ -475,7 +510,10 @@ mod tests {
         let mut config = hs256_config();
         config.jwt_audience = String::new();
         let error = Authenticator::from_config(&config).unwrap_err();
-        assert!(matches!(error, AuthConfigError::MissingAudience), "{error}");
+        assert!(
+            matches!(error, AuthConfigError::MissingAudience { .. }),
+            "{error}"
+        );
         let message = error.to_string();
         for named in ["TOPK_API_JWT_AUDIENCE", "TOPK_API_JWT_ALLOW_ANY_AUDIENCE"] {
             assert!(message.contains(named), "{message}");
@@ -517,7 +555,7 @@ mod tests {
         config.jwt_hs256_secret = String::new();
         assert!(matches!(
             Authenticator::from_config(&config),
-            Err(AuthConfigError::MissingSecret)
+            Err(AuthConfigError::MissingSecret { .. })
         ));
     }
 
@@ -525,7 +563,7 @@ mod tests {
     fn missing_credentials_and_invalid_tokens_get_their_challenges() {
         let authenticator = Authenticator::from_config(&hs256_config()).unwrap();
         let check = |headers: HeaderMap| match authenticator.authenticate(&headers) {
-            Err(AppError::Unauthenticated(problem)) => problem,
+            Err(problem) => problem,
             other => panic!("expected a 401, got {other:?}"),
         };
         assert_eq!(check(HeaderMap::new()), BearerError::Missing);
@@ -570,6 +608,7 @@ mod tests {
             let error = authenticator
                 .authenticate(&bearer(&format!("Bearer {token}")))
                 .unwrap_err();
+            let error = AppError::from(error);
             assert_eq!(error.to_string(), "missing or invalid bearer token");
             let response = error.into_response();
             let challenge = response.headers()[header::WWW_AUTHENTICATE].clone();
@@ -585,7 +624,7 @@ mod tests {
     fn forbidden_carries_insufficient_scope() {
         let caller = Caller::User {
             subject: "alice".to_owned(),
-            reads_any: false,
+            scopes: vec!["openid".to_owned()],
         };
         assert!(caller.authorize("alice").is_ok());
         let response = caller.authorize("bob").unwrap_err().into_response();

@@ -138,6 +138,19 @@ impl ApiConfig {
         Duration::from_millis(self.rolled_days_cache_ms)
     }
 
+    /// The JWT options, for [`crate::auth::Authenticator::from_settings`].
+    pub fn jwt_settings(&self) -> crate::auth::JwtSettings<'_> {
+        crate::auth::JwtSettings {
+            env_prefix: "TOPK_API",
+            auth_mode: self.auth_mode,
+            hs256_secret: &self.jwt_hs256_secret,
+            rs256_public_key_file: &self.jwt_rs256_public_key_file,
+            issuer: self.jwt_issuer(),
+            audience: self.jwt_audience(),
+            allow_any_audience: self.jwt_allow_any_audience,
+        }
+    }
+
     pub fn jwt_issuer(&self) -> Option<&str> {
         non_empty(&self.jwt_issuer)
     }
@@ -147,7 +160,8 @@ impl ApiConfig {
     }
 }
 
-fn non_empty(text: &str) -> Option<&str> {
+/// `None` for the empty string: how the string options say "unset".
+pub fn non_empty(text: &str) -> Option<&str> {
     Some(text).filter(|text| !text.is_empty())
 }
 

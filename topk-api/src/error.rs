@@ -52,6 +52,12 @@ pub enum AppError {
     Internal(String),
 }
 
+impl From<crate::auth::BearerError> for AppError {
+    fn from(problem: crate::auth::BearerError) -> Self {
+        Self::Unauthenticated(problem)
+    }
+}
+
 impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {

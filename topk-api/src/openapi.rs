@@ -15,7 +15,21 @@ pub const PATHS: [&str; 6] = [
     "/openapi.json",
 ];
 
-fn error_response(description: &str) -> Value {
+/// The error body every topk HTTP service answers with (shared with `topk-ingest`).
+pub fn error_schema() -> Value {
+    json!({
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
+        }}
+    })
+}
+
+/// A response with the [`error_schema`] body.
+pub fn error_response(description: &str) -> Value {
     json!({
         "description": description,
         "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
@@ -164,15 +178,7 @@ pub fn document(auth_on: bool) -> Value {
                         "exact": {"type": "boolean", "description": "True when the list and its counts are exactly those of all plays of the window committed up to the moment the answer reflects (at most a few seconds before generated_at). False only when a day's per-minute data inside the window was deleted by an operator and the day's stored top 50 cannot prove the list"}
                     }
                 },
-                "Error": {
-                    "type": "object",
-                    "required": ["error"],
-                    "properties": {"error": {
-                        "type": "object",
-                        "required": ["code", "message"],
-                        "properties": {"code": {"type": "string"}, "message": {"type": "string"}}
-                    }}
-                }
+                "Error": error_schema()
             }
         }
     })
