@@ -49,7 +49,9 @@ pub async fn load_or_reuse(
             .fetch_one()
             .await;
         if loaded_users.as_ref().is_ok_and(|loaded| *loaded == users) {
+            // A migration may have rewritten tables (schema 6): merged before measuring.
             topk_core::migrate::migrate(&options).await?;
+            wait_for_merges(&options).await?;
             println!(
                 "dataset: reusing {} ({users} users)",
                 options.clickhouse_database
