@@ -23,6 +23,11 @@
 //! it once per use.) Both filter by `PREWHERE user_id`, so the conditions that follow are
 //! evaluated on the user's rows only, and their SQL carries only the clauses the plan needs.
 //!
+//! Requests that wait at the same time are read together (`coalesce`, on by default): one
+//! first query for all of their users (`user_id IN (..)`, rows split per user) and one second
+//! query for those with truncated days, each user restricted to their own days (`query`), so
+//! each request gets exactly the rows it would read alone.
+//!
 //! What the store knows about the days ([`ReadPlan`]: what counts, the current snapshots,
 //! the days with late plays, the days with minute rows) is reused for a short time. A plan a
 //! moment old is still exact: its committed-flush snapshot and the rollup snapshots it names
