@@ -1,26 +1,36 @@
-//! Benchmark: the API against its ceiling, the same query sent straight to ClickHouse.
+//! Benchmark: the API against its ceiling, the same query sent straight to ClickHouse, and
+//! coalescing against one query per request.
 //!
 //! Loads a reference dataset (default 100 000 users × 7 days of committed minute rows,
 //! Zipf-distributed songs, the six previous days rolled up by the real rollup; 1 % heavy
-//! listeners whose every day is truncated, see `api/dataset.rs`). Then, with `wrk` and the
-//! same number of connections (the API's concurrency limit), in alternating rounds so that a
-//! change in the machine's load hits both alike:
+//! listeners whose every day is truncated, see `api/dataset.rs`). Then, with `wrk`, in
+//! alternating rounds so that a change in the machine's load hits every path alike:
 //!
-//! 1. ClickHouse's HTTP interface with the exact SQL the API sends for a random user (for
-//!    heavy listeners, whose every rolled-up day is truncated, the API's two queries as one
-//!    statement: the first, and the minute rows of the truncated days);
-//! 2. the API (in this process, HS256 auth on) for a random user;
-//!
-//! for all users, then for the light and the heavy listeners alone, and prints req/s, p50 and
-//! p99 of both with the ratios against the targets (≥ 85 % of the direct req/s, p99 < 1.3 ×
-//! the direct p99). Then overload, with a client here that separates
-//! accepted (200) from shed (503) latencies: the limit's worth of connections (the baseline),
-//! requests arriving at 4 × the capacity so measured (open loop), and 4 × the limit in
-//! connections each re-sending as soon as it is answered (closed loop, no back-off).
+//! 1. **ceiling** (part `ceiling`), with as many connections as the API's concurrency limit:
+//!    ClickHouse's HTTP interface with the exact SQL the API sends for a random user alone
+//!    (for heavy listeners, whose every rolled-up day is truncated, the API's two queries as
+//!    one statement: the first, and the minute rows of the truncated days), against the API
+//!    reading each request alone (`--coalesce false`; in this process, HS256 auth on), for
+//!    all users, then for the light and the heavy listeners alone: req/s, p50 and p99 of both
+//!    with the ratios against the targets (≥ 85 % of the direct req/s, p99 < 1.3 × the direct
+//!    p99), and what the commit rule costs the ceiling;
+//! 2. **coalescing** (part `coalescing`, `api/coalescing.rs`): the direct query, the API
+//!    reading each request alone and the API coalescing (its options from the
+//!    `TOPK_API_COALESCE_*` env vars, else the defaults), at 16 and 64 connections (a
+//!    concurrency limit of 64), against the targets (coalesced ≥ 3 × the ceiling's req/s,
+//!    p99 ≤ 100 ms), then one connection: a lone request's p50 alone and coalesced (target:
+//!    within 5 ms);
+//! 3. **overload** (part `overload`), with a client here that separates accepted (200) from
+//!    shed (503) latencies, against the coalescing API with the concurrency limit: the
+//!    limit's worth of connections (the baseline), requests arriving at 4 × the capacity so
+//!    measured (open loop), and 4 × the limit in connections each re-sending as soon as it is
+//!    answered (closed loop, no back-off).
 //!
 //! `cargo bench -p topk-tests --bench api`. Env: TOPK_BENCH_USERS (100000),
 //! TOPK_BENCH_SECONDS per measured run (15), TOPK_BENCH_LIMIT concurrency limit (16),
-//! TOPK_BENCH_KEEP=1 keeps the database afterwards; needs `wrk`.
+//! TOPK_BENCH_PARTS (`ceiling,coalescing,overload`), TOPK_BENCH_KEEP=1 keeps the database
+//! afterwards, TOPK_BENCH_DATABASE names it (`bench_api`) and TOPK_BENCH_REUSE=1 reuses the
+//! one a kept run loaded; needs `wrk`.
 
 use std::process::Command;
 
@@ -29,14 +39,15 @@ use chrono::{DateTime, Utc};
 use topk_api::config::{ApiConfig, AuthMode};
 use topk_api::{AppState, Clock};
 use topk_core::window::Window;
-use topk_tests::stack;
 
-use dataset::load;
+use dataset::load_or_reuse;
 use driver::Target;
 use setup::{env_number, run_benchmark};
 use wrk::{WrkResult, WrkTarget};
 
 // A bench target is its own crate root, so its modules are found by path.
+#[path = "api/coalescing.rs"]
+mod coalescing;
 #[path = "api/dataset.rs"]
 mod dataset;
 #[path = "api/driver.rs"]
@@ -69,31 +80,51 @@ async fn run() -> anyhow::Result<()> {
         std::fs::read_to_string("/proc/loadavg")?.trim()
     );
     let now: DateTime<Utc> = "2026-11-24T12:00:00Z".parse()?;
-    let options = stack::fresh_database("bench_api").await;
-    let cohorts = load(&options, users, now).await?;
+    let (options, cohorts) = load_or_reuse(users, now).await?;
 
-    let mut config = ApiConfig::with_clickhouse(options.clone());
-    config.auth_mode = AuthMode::Hs256;
-    config.jwt_hs256_secret = JWT_SECRET.to_owned();
-    config.jwt_audience = JWT_AUDIENCE.to_owned();
-    config.max_concurrent_requests = u32::try_from(limit)?;
-    let state = AppState::from_config(&config)?.with_clock(Clock::Fixed(now));
+    let parts = std::env::var("TOPK_BENCH_PARTS")
+        .unwrap_or_else(|_| "ceiling,coalescing,overload".to_owned());
+    let part = |name: &str| parts.split(',').any(|part| part.trim() == name);
+
+    let api_config = |coalesce: bool, concurrency_limit: u64| -> anyhow::Result<ApiConfig> {
+        let mut config = ApiConfig::with_clickhouse(options.clone());
+        config.auth_mode = AuthMode::Hs256;
+        config.jwt_hs256_secret = JWT_SECRET.to_owned();
+        config.jwt_audience = JWT_AUDIENCE.to_owned();
+        config.max_concurrent_requests = u32::try_from(concurrency_limit)?;
+        config.coalesce = coalesce;
+        Ok(config)
+    };
+    let alone_state =
+        AppState::from_config(&api_config(false, limit)?)?.with_clock(Clock::Fixed(now));
     let window = Window::last_week(now);
-    let sql = state
+    let sql = alone_state
         .store()
         .songs_in_window_sql("__USER__", &window)
         .await?;
-    let truncated_sql = state
+    let truncated_sql = alone_state
         .store()
         .truncated_days_sql("__USER__", &window, &window.previous_days())
         .await?;
-    let heavy_sql = format!("SELECT song_id, total_plays FROM ({sql}) UNION ALL {truncated_sql}");
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let api_port = listener.local_addr()?.port();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(topk_api::serve(listener, state, async {
-        let _ = stopped.await;
-    }));
+    let heavy_sql = format!(
+        "SELECT song_id, total_plays FROM ({sql}) \
+         UNION ALL SELECT song_id, total_plays FROM ({truncated_sql})"
+    );
+    let mut servers = Vec::new();
+    let api_port = serve(alone_state, &mut servers).await?;
+    let alone_wide_port = serve(
+        AppState::from_config(&api_config(false, 64)?)?.with_clock(Clock::Fixed(now)),
+        &mut servers,
+    )
+    .await?;
+    let coalesced_state =
+        AppState::from_config(&api_config(true, 64)?)?.with_clock(Clock::Fixed(now));
+    let coalesced_wide_port = serve(coalesced_state.clone(), &mut servers).await?;
+    let coalesced_port = serve(
+        AppState::from_config(&api_config(true, limit)?)?.with_clock(Clock::Fixed(now)),
+        &mut servers,
+    )
+    .await?;
     let authorization = format!("Bearer {}", read_any_token()?);
 
     let without_rule = without_commit_rule(&sql)?;
@@ -115,17 +146,119 @@ async fn run() -> anyhow::Result<()> {
         body: heavy_sql,
         ..direct.clone()
     };
-    let api = WrkTarget {
-        url: format!("http://127.0.0.1:{api_port}"),
+    let api_on = |port: u16| WrkTarget {
+        url: format!("http://127.0.0.1:{port}"),
         method: "GET",
         path: "/v1/users/__USER__/top-songs".to_owned(),
         body: String::new(),
         authorization: authorization.clone(),
     };
+    let api = api_on(api_port);
     println!("warm-up (3 s each)");
     direct.run(0..users, limit, 3)?;
     api.run(0..users, limit, 3)?;
+    api_on(coalesced_wide_port).run(0..users, 64, 3)?;
     let round_seconds = seconds.div_ceil(ROUNDS).max(2);
+    if part("ceiling") {
+        ceiling(
+            &[&direct, &direct_heavy, &direct_without_rule, &api],
+            &cohorts,
+            users,
+            limit,
+            round_seconds,
+        )?;
+    }
+    if part("coalescing") {
+        coalescing::compare(
+            &coalescing::Paths {
+                direct: &direct,
+                alone: &api_on(alone_wide_port),
+                coalesced: &api_on(coalesced_wide_port),
+                coalesced_state: &coalesced_state,
+            },
+            users,
+            ROUNDS,
+            round_seconds,
+        )?;
+    }
+
+    if part("overload") {
+        println!();
+        let target = Target {
+            port: coalesced_port,
+            authorization,
+            users,
+        };
+        let connections = usize::try_from(limit)?;
+        let nominal = target.closed_loop(connections, seconds)?;
+        let capacity = nominal.ok.0.len() as f64 / nominal.seconds;
+        let open = target.open_loop(4.0 * capacity, seconds)?;
+        let storm = target.closed_loop(4 * connections, seconds)?;
+        let heading = format!("API overload (coalescing, concurrency limit {limit})");
+        println!(
+            "{heading:<42} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8}",
+            "200/s", "p50 ms", "p99 ms", "shed/s", "p50 ms", "p99 ms"
+        );
+        nominal.print(&format!("{connections} connections (1 ×, baseline)"));
+        open.print(&format!(
+            "arrivals at 4 × capacity ({:.0}/s)",
+            4.0 * capacity
+        ));
+        storm.print(&format!("{} connections, no back-off", 4 * connections));
+        println!(
+            "accepted p99 vs baseline: {:.2} × at 4 × arrivals, {:.2} × with 4 × connections",
+            open.ok.percentile(99.0) / nominal.ok.percentile(99.0),
+            storm.ok.percentile(99.0) / nominal.ok.percentile(99.0)
+        );
+    }
+
+    for (stop, server) in servers {
+        let _ = stop.send(());
+        server.await??;
+    }
+    if std::env::var("TOPK_BENCH_KEEP").is_ok_and(|keep| keep == "1") {
+        println!("kept database {}", options.clickhouse_database);
+        return Ok(());
+    }
+    options
+        .server_client()
+        .query(&format!(
+            "DROP DATABASE {}",
+            topk_core::migrate::quote_identifier(&options.clickhouse_database)
+        ))
+        .execute()
+        .await?;
+    Ok(())
+}
+
+type Server = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+);
+
+/// Serves `state` on a local port until its stop is sent; returns the port.
+async fn serve(state: AppState, servers: &mut Vec<Server>) -> anyhow::Result<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let port = listener.local_addr()?.port();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(topk_api::serve(listener, state, async {
+        let _ = stopped.await;
+    }));
+    servers.push((stop, server));
+    Ok(port)
+}
+
+/// Part 1: the API reading each request alone against the same query sent straight to
+/// ClickHouse, per cohort, and what the commit rule costs. `targets`: direct, direct for
+/// heavy listeners, direct without the commit rule, the API.
+fn ceiling(
+    targets: &[&WrkTarget; 4],
+    cohorts: &dataset::Cohorts,
+    users: u64,
+    limit: u64,
+    round_seconds: u64,
+) -> anyhow::Result<()> {
+    let [direct, direct_heavy, direct_without_rule, api] = *targets;
     println!(
         "measuring: {limit} connections, {ROUNDS} alternating rounds of {round_seconds} s per cohort"
     );
@@ -134,9 +267,9 @@ async fn run() -> anyhow::Result<()> {
         "", "req/s", "p50 ms", "p99 ms", "API µs/req", "machine busy"
     );
     for (cohort, range, direct) in [
-        ("all users", 0..users, &direct),
-        ("light listeners", cohorts.light.clone(), &direct),
-        ("heavy listeners", cohorts.heavy.clone(), &direct_heavy),
+        ("all users", 0..users, direct),
+        ("light listeners", cohorts.light.clone(), direct),
+        ("heavy listeners", cohorts.heavy.clone(), direct_heavy),
     ] {
         let mut direct_rounds = Vec::new();
         let mut api_rounds = Vec::new();
@@ -177,49 +310,6 @@ async fn run() -> anyhow::Result<()> {
         (1.0 - with_rule.requests_per_second() / without.requests_per_second()) * 100.0,
         with_rule.p99_ms / without.p99_ms
     );
-
-    println!();
-    let target = Target {
-        port: api_port,
-        authorization,
-        users,
-    };
-    let connections = usize::try_from(limit)?;
-    let nominal = target.closed_loop(connections, seconds)?;
-    let capacity = nominal.ok.0.len() as f64 / nominal.seconds;
-    let open = target.open_loop(4.0 * capacity, seconds)?;
-    let storm = target.closed_loop(4 * connections, seconds)?;
-    let heading = format!("API overload (concurrency limit {limit})");
-    println!(
-        "{heading:<42} {:>7} {:>8} {:>8} {:>7} {:>8} {:>8}",
-        "200/s", "p50 ms", "p99 ms", "shed/s", "p50 ms", "p99 ms"
-    );
-    nominal.print(&format!("{connections} connections (1 ×, baseline)"));
-    open.print(&format!(
-        "arrivals at 4 × capacity ({:.0}/s)",
-        4.0 * capacity
-    ));
-    storm.print(&format!("{} connections, no back-off", 4 * connections));
-    println!(
-        "accepted p99 vs baseline: {:.2} × at 4 × arrivals, {:.2} × with 4 × connections",
-        open.ok.percentile(99.0) / nominal.ok.percentile(99.0),
-        storm.ok.percentile(99.0) / nominal.ok.percentile(99.0)
-    );
-
-    let _ = stop.send(());
-    server.await??;
-    if std::env::var("TOPK_BENCH_KEEP").is_ok_and(|keep| keep == "1") {
-        println!("kept database {}", options.clickhouse_database);
-        return Ok(());
-    }
-    options
-        .server_client()
-        .query(&format!(
-            "DROP DATABASE {}",
-            topk_core::migrate::quote_identifier(&options.clickhouse_database)
-        ))
-        .execute()
-        .await?;
     Ok(())
 }
 

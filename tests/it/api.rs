@@ -187,6 +187,7 @@ async fn roll_up(options: &ClickHouseOptions, days: &[NaiveDate]) {
 }
 
 mod auth;
+mod coalescing;
 mod conformance;
 mod exactness;
 mod operations;

@@ -47,6 +47,26 @@ pub struct ApiConfig {
     /// committed counts at most (0 reads it on every request, a few more queries each).
     #[arg(long, env = "TOPK_API_ROLLED_DAYS_CACHE_MS", default_value_t = 1000)]
     pub rolled_days_cache_ms: u64,
+    /// Coalesce concurrent top-songs requests: requests waiting at the same time share one
+    /// ClickHouse query (`user_id IN (..)`), each answered on its own. `false` sends one
+    /// query per request (two for a user with a truncated day).
+    #[arg(long, env = "TOPK_API_COALESCE", default_value_t = true,
+          action = clap::ArgAction::Set, value_name = "true|false")]
+    pub coalesce: bool,
+    /// With coalescing: longest a batch waits for more requests before its query is sent,
+    /// and only while another batch's query is running (a request that arrives when none is
+    /// running is sent at once) (milliseconds; 0 never waits).
+    #[arg(long, env = "TOPK_API_COALESCE_WINDOW_MS", default_value_t = 2)]
+    pub coalesce_window_ms: u64,
+    /// With coalescing: most requests one query serves.
+    #[arg(long, env = "TOPK_API_COALESCE_MAX_BATCH", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub coalesce_max_batch: u32,
+    /// With coalescing: most batch queries running at once; further requests wait for one
+    /// to finish and join the next batch.
+    #[arg(long, env = "TOPK_API_COALESCE_MAX_QUERIES", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub coalesce_max_queries: u32,
     /// Who may read what: `off` (anyone reads anyone; local use only), `hs256` (JWT signed
     /// with a shared secret) or `rs256` (JWT signed with an RSA key; the server holds the
     /// public key).
@@ -151,6 +171,15 @@ impl ApiConfig {
         }
     }
 
+    /// How requests are coalesced, or `None` when each reads alone.
+    pub fn coalesce_options(&self) -> Option<crate::store::CoalesceOptions> {
+        self.coalesce.then(|| crate::store::CoalesceOptions {
+            max_batch: usize::try_from(self.coalesce_max_batch).unwrap_or(usize::MAX),
+            window: Duration::from_millis(self.coalesce_window_ms),
+            max_batches_in_flight: usize::try_from(self.coalesce_max_queries).unwrap_or(usize::MAX),
+        })
+    }
+
     pub fn jwt_issuer(&self) -> Option<&str> {
         non_empty(&self.jwt_issuer)
     }
@@ -227,6 +256,27 @@ mod tests {
         let config: ApiConfig = load_from(["topk-api", "--config", path]).unwrap();
         assert_eq!(config.auth_mode, AuthMode::Rs256);
         assert_eq!(config.jwt_audience(), Some("topk-api"));
+    }
+
+    #[test]
+    fn coalescing_is_on_by_default_and_can_be_switched_off() {
+        let config: ApiConfig = load_from(["topk-api"]).unwrap();
+        let options = config.coalesce_options().unwrap();
+        assert_eq!(options.window, Duration::from_millis(2));
+        assert!(options.max_batch > 1 && options.max_batches_in_flight >= 1);
+        let config: ApiConfig = load_from(["topk-api", "--coalesce", "false"]).unwrap();
+        assert_eq!(config.coalesce_options(), None);
+        let path = std::env::temp_dir().join(format!(
+            "topk-api-config-coalesce-{}.toml",
+            std::process::id()
+        ));
+        std::fs::write(&path, "coalesce = false\ncoalesce_max_batch = 8\n").unwrap();
+        let config: ApiConfig =
+            load_from(["topk-api", "--config", path.to_str().unwrap()]).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(!config.coalesce);
+        assert_eq!(config.coalesce_max_batch, 8);
+        assert!(load_from::<ApiConfig, _, _>(["topk-api", "--coalesce-max-batch", "0"]).is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! query ClickHouse refuses (a bug, not an outage: [`is_outage`]) is a 500. Their details are
 //! logged with the request id, never sent to the caller.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::{header, HeaderValue, StatusCode};
@@ -17,7 +18,9 @@ use serde_json::json;
 /// Seconds a client should wait before retrying a 503.
 pub const RETRY_AFTER_SECS: u64 = 1;
 
-#[derive(Debug, thiserror::Error)]
+/// `Clone`, so that one failed ClickHouse query shared by several requests (`store`'s
+/// coalescing) fails each of them with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AppError {
     #[error("{0}")]
     InvalidUserId(String),
@@ -45,7 +48,7 @@ pub enum AppError {
     #[error("the request was not answered within {0:?}")]
     RequestTimeout(Duration),
     #[error("clickhouse: {0}")]
-    ClickHouse(#[from] clickhouse::error::Error),
+    ClickHouse(Arc<clickhouse::error::Error>),
     #[error("schema at version {applied:?}, expected {expected}")]
     SchemaNotReady { applied: Option<u32>, expected: u32 },
     #[error("internal error: {0}")]
@@ -55,6 +58,12 @@ pub enum AppError {
 impl From<crate::auth::BearerError> for AppError {
     fn from(problem: crate::auth::BearerError) -> Self {
         Self::Unauthenticated(problem)
+    }
+}
+
+impl From<clickhouse::error::Error> for AppError {
+    fn from(error: clickhouse::error::Error) -> Self {
+        Self::ClickHouse(Arc::new(error))
     }
 }
 
@@ -210,7 +219,7 @@ mod tests {
     #[test]
     fn clickhouse_outages_are_503_and_refused_queries_500() {
         use clickhouse::error::Error;
-        let refused = |text: &str| AppError::ClickHouse(Error::BadResponse(text.to_owned()));
+        let refused = |text: &str| AppError::from(Error::BadResponse(text.to_owned()));
         let syntax = refused("Code: 62, e.displayText() = DB::Exception: Syntax error");
         assert_eq!(syntax.status(), StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(syntax.code(), "internal_error");
@@ -226,11 +235,11 @@ mod tests {
         let proxy_page = refused("502 Bad Gateway");
         assert_eq!(proxy_page.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(
-            AppError::ClickHouse(Error::TimedOut).status(),
+            AppError::from(Error::TimedOut).status(),
             StatusCode::SERVICE_UNAVAILABLE
         );
         assert_eq!(
-            AppError::ClickHouse(Error::NotEnoughData).status(),
+            AppError::from(Error::NotEnoughData).status(),
             StatusCode::INTERNAL_SERVER_ERROR
         );
         assert_eq!(server_error_code("Code: 1000, e.displayText()"), Some(1000));

@@ -3,7 +3,8 @@
 //! - [`app`]: the router with its layers (request ids, tracing, metrics, load shedding) and
 //!   [`serve`] with graceful shutdown.
 //! - [`routes`]: handlers and input validation; [`auth`]: JWT verification and who may read
-//!   whom; [`store`]: the ClickHouse query; [`ranking`]: the top list and its exactness.
+//!   whom; [`store`]: the ClickHouse queries, requests coalesced into batches; [`ranking`]: the
+//!   top list and its exactness.
 //! - [`error`]: every failure and its HTTP status; [`config`]: options; [`state`]: what
 //!   requests share; [`openapi`]: the API description served at `/openapi.json`.
 

@@ -165,7 +165,7 @@ pub fn document(auth_on: bool) -> Value {
                             }
                         },
                         "generated_at": {"type": "string", "format": "date-time"},
-                        "data_through": {"type": "string", "nullable": true, "format": "date-time", "description": "How fresh the counts are: on every Kafka partition, the plays up to this moment (the Kafka record time of the newest play counted, the oldest over the partitions) are counted. Null while not known (nothing counted yet, or data written before schema 6). A partition without new plays holds it back"},
+                        "data_through": {"type": "string", "nullable": true, "format": "date-time", "description": "How fresh the counts are: on every Kafka partition, the plays up to this moment (the Kafka record time of the newest play counted, the oldest over the partitions) are counted. Null while not known (nothing counted yet, or data written before schema 7). A partition without new plays holds it back"},
                         "songs": {"type": "array", "items": {
                             "type": "object",
                             "required": ["rank", "song_id", "plays"],

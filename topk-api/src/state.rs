@@ -83,6 +83,7 @@ impl AppState {
                     config.clickhouse.placement(),
                     config.query_timeout(),
                     config.rolled_days_cache(),
+                    config.coalesce_options(),
                 ),
                 authenticator: Authenticator::from_config(config)?,
                 metrics_handle: metrics_handle(),

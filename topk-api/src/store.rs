@@ -23,6 +23,11 @@
 //! it once per use.) Both filter by `PREWHERE user_id`, so the conditions that follow are
 //! evaluated on the user's rows only, and their SQL carries only the clauses the plan needs.
 //!
+//! Requests that wait at the same time are read together (`coalesce`, on by default): one
+//! first query for all of their users (`user_id IN (..)`, rows split per user) and one second
+//! query for those with truncated days, each user restricted to their own days (`query`), so
+//! each request gets exactly the rows it would read alone.
+//!
 //! What the store knows about the days ([`ReadPlan`]: what counts, the current snapshots,
 //! the days with late plays, the days with minute rows) is reused for a short time. A plan a
 //! moment old is still exact: its committed-flush snapshot and the rollup snapshots it names
@@ -32,22 +37,37 @@
 //! user's counts never go down while the window does not move.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::NaiveDate;
 use topk_core::cluster::Placement;
 use topk_core::committed::CommittedFlushes;
-use topk_core::schema::{RollupProgressRow, DAILY_TOP, FLUSH_COMMITS, PLAYS_MINUTE};
-use topk_core::snapshots::{days_with_new_commits, latest_rollups, DayHeads};
-use topk_core::window::{day_number, day_start, Window};
+use topk_core::schema::{RollupProgressRow, FLUSH_COMMITS, PLAYS_MINUTE};
+use topk_core::snapshots::{days_with_new_commits, latest_rollups};
+use topk_core::window::{day_number, Window};
 
 use crate::error::AppError;
 use crate::ranking::StoredSong;
 
+mod coalesce;
+mod query;
+
+use coalesce::Coalescer;
+pub use coalesce::{CoalesceCounts, CoalesceOptions};
+use query::{FirstQueryRow, MinuteSongRow, TruncatedDays, WindowPlan};
+
 /// The ClickHouse side of the API.
 #[derive(Debug)]
 pub struct Store {
+    reader: Arc<Reader>,
+    /// `None`: every request reads alone.
+    coalescer: Option<Arc<Coalescer>>,
+}
+
+/// What reads the users' songs: shared by the requests and the coalescing workers.
+#[derive(Debug)]
+struct Reader {
     client: clickhouse::Client,
     query_timeout: Duration,
     plans: ReadPlanCache,
@@ -55,27 +75,38 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store whose requests each read alone, or with `coalesce` in batches.
     pub fn new(
         client: clickhouse::Client,
         placement: Placement,
         query_timeout: Duration,
         plan_ttl: Duration,
+        coalesce: Option<CoalesceOptions>,
     ) -> Self {
         Self {
-            client,
-            query_timeout,
-            plans: ReadPlanCache::new(plan_ttl),
-            placement,
+            reader: Arc::new(Reader {
+                client,
+                query_timeout,
+                plans: ReadPlanCache::new(plan_ttl),
+                placement,
+            }),
+            coalescer: coalesce.map(|options| Arc::new(Coalescer::new(options))),
         }
+    }
+
+    /// What coalescing has done so far, or `None` when it is off.
+    pub fn coalesce_counts(&self) -> Option<CoalesceCounts> {
+        self.coalescer.as_ref().map(|coalescer| coalescer.counts())
     }
 
     /// The client every query of the API goes through (with its settings).
     pub fn client(&self) -> &clickhouse::Client {
-        &self.client
+        &self.reader.client
     }
 
     /// Every song `user_id` played in `window`, with its plays and the truncation facts
-    /// [`crate::ranking::rank`] needs. Answers within the query timeout or fails with
+    /// [`crate::ranking::rank`] needs: read alone, or in a batch with the requests waiting
+    /// alongside (`coalesce`). Answers within the query timeout or fails with
     /// [`AppError::QueryTimeout`].
     pub async fn songs_in_window(
         &self,
@@ -83,90 +114,79 @@ impl Store {
         window: &Window,
     ) -> Result<WindowSongs, AppError> {
         self.within_timeout(async {
-            let plan = self.window_plan(window).await?;
-            let first: Vec<FirstQueryRow> = timed(
-                "top_songs",
-                plan.first_query(&self.client, user_id).fetch_all(),
-            )
-            .await?;
-            let mut songs: BTreeMap<String, StoredSong> = BTreeMap::new();
-            let mut truncated_days: Vec<u16> = Vec::new();
-            for row in first {
-                if row.song_id.is_empty() {
-                    truncated_days = row.truncated_days_unread;
-                    continue;
+            match &self.coalescer {
+                Some(coalescer) => {
+                    coalescer
+                        .songs_in_window(&self.reader, user_id, window)
+                        .await
                 }
-                songs.insert(
-                    row.song_id.clone(),
-                    StoredSong {
-                        song_id: row.song_id,
-                        plays: row.total_plays,
-                        truncated_days_present: row.truncated_days_present,
-                    },
-                );
-            }
-            if !truncated_days.is_empty() {
-                truncated_days.sort_unstable();
-                truncated_days.dedup();
-                let rows: Vec<MinuteSongRow> = timed(
-                    "truncated_days",
-                    plan.truncated_days_query(&self.client, user_id, &truncated_days)
-                        .fetch_all(),
-                )
-                .await?;
-                for row in rows {
-                    songs
-                        .entry(row.song_id.clone())
-                        .or_insert_with(|| StoredSong {
-                            song_id: row.song_id,
-                            plays: 0,
-                            truncated_days_present: Vec::new(),
-                        })
-                        .plays += row.total_plays;
+                None => {
+                    let mut answers = self.reader.read_batch(window, &[user_id]).await?;
+                    Ok(answers.pop().unwrap_or_default())
                 }
             }
-            Ok(WindowSongs {
-                songs: songs.into_values().filter(|song| song.plays > 0).collect(),
-                complete: !plan.plays_lost,
-                data_through: plan.data_through,
-            })
         })
         .await
     }
 
-    /// The SQL of the first query [`Self::songs_in_window`] sends for `user_id` (the benchmark
-    /// sends it straight to ClickHouse to measure the ceiling; a user with a truncated day
-    /// costs the API a second query).
+    /// The SQL of the first query [`Self::songs_in_window`] sends for `user_id` alone (the
+    /// benchmark sends it straight to ClickHouse to measure the ceiling; a user with a
+    /// truncated day costs the API a second query).
     pub async fn songs_in_window_sql(
         &self,
         user_id: &str,
         window: &Window,
     ) -> Result<String, AppError> {
-        let plan = self.within_timeout(self.window_plan(window)).await?;
+        let plan = self.within_timeout(self.reader.window_plan(window)).await?;
         Ok(plan
-            .first_query(&self.client, user_id)
+            .first_query(&self.reader.client, &[user_id])
             .sql_display()
             .to_string())
     }
 
-    /// The SQL of the second query [`Self::songs_in_window`] sends for a user whose lists of
-    /// `days` are truncated (for the benchmark's ceiling of heavy listeners).
+    /// The SQL of the second query [`Self::songs_in_window`] sends for a user alone whose
+    /// lists of `days` are truncated (for the benchmark's ceiling of heavy listeners).
     pub async fn truncated_days_sql(
         &self,
         user_id: &str,
         window: &Window,
         days: &[NaiveDate],
     ) -> Result<String, AppError> {
-        let plan = self.within_timeout(self.window_plan(window)).await?;
+        let plan = self.within_timeout(self.reader.window_plan(window)).await?;
         let mut numbers: Vec<u16> = days.iter().copied().map(day_number).collect();
         numbers.sort_unstable();
         numbers.dedup();
+        let user = TruncatedDays {
+            user_id,
+            days: numbers,
+        };
         Ok(plan
-            .truncated_days_query(&self.client, user_id, &numbers)
+            .truncated_days_query(&self.reader.client, &[user])
             .sql_display()
             .to_string())
     }
 
+    /// The applied schema version, checking that ClickHouse answers.
+    pub async fn schema_version(&self) -> Result<Option<u32>, AppError> {
+        self.within_timeout(timed(
+            "schema_version",
+            topk_core::migrate::applied_version(&self.reader.client),
+        ))
+        .await
+    }
+
+    async fn within_timeout<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, AppError>>,
+    ) -> Result<T, AppError> {
+        let timeout = self.reader.query_timeout;
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(AppError::QueryTimeout(timeout)))
+    }
+}
+
+impl Reader {
     async fn window_plan(&self, window: &Window) -> Result<WindowPlan, AppError> {
         let read_plan = self
             .plans
@@ -180,22 +200,86 @@ impl Store {
         Ok(WindowPlan::new(window, &read_plan))
     }
 
-    /// The applied schema version, checking that ClickHouse answers.
-    pub async fn schema_version(&self) -> Result<Option<u32>, AppError> {
-        self.within_timeout(timed(
-            "schema_version",
-            topk_core::migrate::applied_version(&self.client),
-        ))
-        .await
-    }
-
-    async fn within_timeout<T>(
+    /// The songs of each of `users` (distinct, sorted, not empty) in `window`, in their
+    /// order: one first query for all of them, and one second query for those of them with
+    /// truncated days.
+    async fn read_batch(
         &self,
-        work: impl std::future::Future<Output = Result<T, AppError>>,
-    ) -> Result<T, AppError> {
-        tokio::time::timeout(self.query_timeout, work)
-            .await
-            .unwrap_or(Err(AppError::QueryTimeout(self.query_timeout)))
+        window: &Window,
+        users: &[&str],
+    ) -> Result<Vec<WindowSongs>, AppError> {
+        debug_assert!(!users.is_empty());
+        debug_assert!(users.windows(2).all(|pair| pair[0] < pair[1]));
+        let plan = self.window_plan(window).await?;
+        let index_of = |user_id: &str| users.binary_search(&user_id).ok();
+        metrics::histogram!("api_query_users", "query" => "top_songs").record(users.len() as f64);
+        let first: Vec<FirstQueryRow> = timed(
+            "top_songs",
+            plan.first_query(&self.client, users).fetch_all(),
+        )
+        .await?;
+        let mut songs: Vec<BTreeMap<String, StoredSong>> = vec![BTreeMap::new(); users.len()];
+        let mut truncated_days: Vec<Vec<u16>> = vec![Vec::new(); users.len()];
+        for row in first {
+            let Some(index) = index_of(&row.user_id) else {
+                debug_assert!(false, "a row of a user not asked for: {}", row.user_id);
+                continue;
+            };
+            if row.song_id.is_empty() {
+                truncated_days[index] = row.truncated_days_unread;
+                continue;
+            }
+            songs[index].insert(
+                row.song_id.clone(),
+                StoredSong {
+                    song_id: row.song_id,
+                    plays: row.total_plays,
+                    truncated_days_present: row.truncated_days_present,
+                },
+            );
+        }
+        let truncated: Vec<TruncatedDays<'_>> = users
+            .iter()
+            .zip(truncated_days)
+            .filter(|(_, days)| !days.is_empty())
+            .map(|(user_id, mut days)| {
+                days.sort_unstable();
+                days.dedup();
+                TruncatedDays { user_id, days }
+            })
+            .collect();
+        if !truncated.is_empty() {
+            metrics::histogram!("api_query_users", "query" => "truncated_days")
+                .record(truncated.len() as f64);
+            let rows: Vec<MinuteSongRow> = timed(
+                "truncated_days",
+                plan.truncated_days_query(&self.client, &truncated)
+                    .fetch_all(),
+            )
+            .await?;
+            for row in rows {
+                let Some(index) = index_of(&row.user_id) else {
+                    debug_assert!(false, "a row of a user not asked for: {}", row.user_id);
+                    continue;
+                };
+                songs[index]
+                    .entry(row.song_id.clone())
+                    .or_insert_with(|| StoredSong {
+                        song_id: row.song_id,
+                        plays: 0,
+                        truncated_days_present: Vec::new(),
+                    })
+                    .plays += row.total_plays;
+            }
+        }
+        Ok(songs
+            .into_iter()
+            .map(|songs| WindowSongs {
+                songs: songs.into_values().filter(|song| song.plays > 0).collect(),
+                complete: !plan.plays_lost,
+                data_through: plan.data_through,
+            })
+            .collect())
     }
 }
 
@@ -227,7 +311,7 @@ pub struct ReadPlan {
     pub minute_days: BTreeSet<NaiveDate>,
     /// How fresh the counts are: every partition's counted plays reach up to at least this
     /// Kafka timestamp (the oldest of the partitions' newest counted records); `None` while
-    /// some partition has no such record (nothing counted, or commits from before schema 6).
+    /// some partition has no such record (nothing counted, or commits from before schema 7).
     pub data_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
@@ -347,7 +431,7 @@ pub enum DaySource {
 }
 
 /// Every song a user played in the window, as the store can read it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WindowSongs {
     pub songs: Vec<StoredSong>,
     /// False when plays of the window cannot be read at all: a day's minute rows were pruned
@@ -355,235 +439,6 @@ pub struct WindowSongs {
     pub complete: bool,
     /// See [`ReadPlan::data_through`].
     pub data_through: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-/// Which tables one request reads for which days, and the SQL for it.
-#[derive(Debug, Clone)]
-struct WindowPlan {
-    first_day: NaiveDate,
-    last_day: NaiveDate,
-    window_end_secs: i64,
-    committed: topk_core::committed::CommittedArrays,
-    /// Snapshot ids of the days read from top lists.
-    snapshot_ids: Vec<u64>,
-    /// Days read from top lists (with or without minute rows).
-    top_list_days: Vec<u16>,
-    /// Days read from top lists alone (their minute rows are gone).
-    top_lists_only_days: Vec<u16>,
-    /// Days with plays committed after their snapshot, and their snapshots' heads.
-    late_days: Vec<u16>,
-    late_heads: DayHeads,
-    /// The start of the first day every user's minute rows are needed for (a day read from
-    /// minute rows, or with late plays).
-    minutes_from_secs: i64,
-    /// A day read from top lists alone had plays committed after its rollup.
-    plays_lost: bool,
-    data_through: Option<chrono::DateTime<chrono::Utc>>,
-}
-
-impl WindowPlan {
-    fn new(window: &Window, plan: &ReadPlan) -> Self {
-        let today = window.today();
-        let mut days: Vec<NaiveDate> = window.previous_days();
-        days.push(today);
-        let mut this = Self {
-            first_day: window.from.date_naive(),
-            last_day: today,
-            window_end_secs: window.to.timestamp(),
-            committed: plan.committed.arrays(),
-            data_through: plan.data_through,
-            snapshot_ids: Vec::new(),
-            top_list_days: Vec::new(),
-            top_lists_only_days: Vec::new(),
-            late_days: Vec::new(),
-            late_heads: DayHeads::default(),
-            minutes_from_secs: day_start(today).timestamp(),
-            plays_lost: false,
-        };
-        let mut late_snapshots = Vec::new();
-        let mut first_minutes_day = today;
-        for day in days {
-            match plan.source(day, today) {
-                DaySource::Minutes => first_minutes_day = first_minutes_day.min(day),
-                DaySource::TopLists { snapshot_id, late } => {
-                    this.snapshot_ids.push(snapshot_id);
-                    this.top_list_days.push(day_number(day));
-                    if late {
-                        this.late_days.push(day_number(day));
-                        late_snapshots.push(&plan.snapshots[&day]);
-                        first_minutes_day = first_minutes_day.min(day);
-                    }
-                }
-                DaySource::TopListsOnly { snapshot_id, late } => {
-                    this.snapshot_ids.push(snapshot_id);
-                    this.top_list_days.push(day_number(day));
-                    this.top_lists_only_days.push(day_number(day));
-                    this.plays_lost |= late;
-                }
-            }
-        }
-        this.late_heads = DayHeads::of(late_snapshots);
-        this.minutes_from_secs = day_start(first_minutes_day).timestamp();
-        this
-    }
-
-    /// In-memory twin of the SQL (for the model test): whether the first query reads a
-    /// committed minute row of day `day` (a day number)
-    /// that was (`late_row`) or was not committed after that day's snapshot: rows of the days
-    /// no top list covers from the first minute day on, and late rows of late days.
-    #[cfg(test)]
-    fn first_query_reads(&self, day: u16, late_row: bool) -> bool {
-        i64::from(day) * 86_400 >= self.minutes_from_secs
-            && (!self.top_list_days.contains(&day) || (late_row && self.late_days.contains(&day)))
-    }
-
-    /// In-memory twin of the SQL: whether the truncated-days query for `truncated` reads such
-    /// a row: every row of those
-    /// days but the late rows the first query already read.
-    #[cfg(test)]
-    fn truncated_query_reads(&self, truncated: &[u16], day: u16, late_row: bool) -> bool {
-        truncated.contains(&day) && !(late_row && self.late_days.contains(&day))
-    }
-
-    /// The first query: the user's top lists of the days read from them (a truncated list
-    /// that has minute rows as one marker row with an empty `song_id` listing those days in
-    /// `truncated_days_unread`) and the minute rows [`Self::first_query_reads`] names, summed
-    /// per song. Every value is bound; clauses the plan does not need are left out.
-    fn first_query(&self, client: &clickhouse::Client, user_id: &str) -> clickhouse::query::Query {
-        let only_days = !self.top_lists_only_days.is_empty();
-        let (kind, keep_truncated) = if only_days {
-            (
-                "multiIf(user_truncated = 0, 0, has(CAST(? AS Array(UInt16)), toUInt16(day)), 1, 2)",
-                "(user_truncated = 0 OR rank = 1 OR has(CAST(? AS Array(UInt16)), toUInt16(day)))",
-            )
-        } else {
-            (
-                "if(user_truncated = 0, 0, 2)",
-                "(user_truncated = 0 OR rank = 1)",
-            )
-        };
-        let minutes_to_day = self.window_end_secs.div_euclid(86_400);
-        let minutes_from_day = self.minutes_from_secs.div_euclid(86_400);
-        let top_list_in_minutes = self
-            .top_list_days
-            .iter()
-            .any(|&day| (minutes_from_day..=minutes_to_day).contains(&i64::from(day)));
-        let day_filter = match (top_list_in_minutes, self.late_days.is_empty()) {
-            (false, _) => String::new(),
-            (true, true) => {
-                " AND NOT has(CAST(? AS Array(UInt16)), toUInt16(toDate(minute)))".to_owned()
-            }
-            (true, false) => format!(
-                " AND (NOT has(CAST(? AS Array(UInt16)), toUInt16(toDate(minute))) \
-                   OR (has(CAST(? AS Array(UInt16)), toUInt16(toDate(minute))) AND {late}))",
-                late = DayHeads::condition("toUInt16(toDate(minute))"),
-            ),
-        };
-        let sql = format!(
-            "SELECT song AS song_id, sum(song_plays) AS total_plays, \
-             groupArrayIf((day_number, cutoff_plays), kind = 1) AS truncated_days_present, \
-             groupArrayIf(day_number, kind = 2) AS truncated_days_unread \
-             FROM ( \
-                 SELECT if(kind = 2, '', song_id) AS song, if(kind = 2, 0, plays) AS song_plays, \
-                        toUInt16(day) AS day_number, {kind} AS kind, \
-                        user_cutoff_plays AS cutoff_plays \
-                 FROM {DAILY_TOP} PREWHERE user_id = ? \
-                 WHERE day >= toDate(?) AND day <= toDate(?) \
-                   AND has(CAST(? AS Array(UInt64)), snapshot_id) AND {keep_truncated} \
-                 UNION ALL \
-                 SELECT song_id AS song, plays AS song_plays, \
-                        toUInt16(toDate(minute)) AS day_number, \
-                        toUInt8(0) AS kind, toUInt64(0) AS cutoff_plays \
-                 FROM {PLAYS_MINUTE} PREWHERE user_id = ? \
-                 WHERE minute >= toDateTime(?) AND minute <= toDateTime(?) \
-                   AND {committed}{day_filter} \
-             ) GROUP BY song HAVING total_plays > 0 OR song = ''",
-            committed = CommittedFlushes::condition(""),
-        );
-        let minutes_from = u32::try_from(self.minutes_from_secs.max(0)).unwrap_or(u32::MAX);
-        let mut query = client.query(&sql);
-        if only_days {
-            query = query.bind(&self.top_lists_only_days);
-        }
-        query = query
-            .bind(user_id)
-            .bind(self.first_day.to_string())
-            .bind(self.last_day.to_string())
-            .bind(&self.snapshot_ids);
-        if only_days {
-            query = query.bind(&self.top_lists_only_days);
-        }
-        query = query
-            .bind(user_id)
-            .bind(minutes_from)
-            .bind(self.window_end_secs);
-        query = self.committed.bind(query);
-        if top_list_in_minutes {
-            query = query.bind(&self.top_list_days);
-            if !self.late_days.is_empty() {
-                query = self.late_heads.bind(query.bind(&self.late_days));
-            }
-        }
-        query
-    }
-
-    /// The second query, for a user whose lists of `truncated` days (sorted day numbers, not
-    /// empty) are truncated: those days' minute rows as [`Self::truncated_query_reads`] names
-    /// them, summed per song.
-    fn truncated_days_query(
-        &self,
-        client: &clickhouse::Client,
-        user_id: &str,
-        truncated: &[u16],
-    ) -> clickhouse::query::Query {
-        let late_overlap = truncated.iter().any(|day| self.late_days.contains(day));
-        let not_late = if late_overlap {
-            format!(
-                " AND NOT (has(CAST(? AS Array(UInt16)), toUInt16(toDate(minute))) AND {late})",
-                late = DayHeads::condition("toUInt16(toDate(minute))"),
-            )
-        } else {
-            String::new()
-        };
-        let sql = format!(
-            "SELECT song_id, sum(plays) AS total_plays FROM {PLAYS_MINUTE} PREWHERE user_id = ? \
-             WHERE minute >= toDateTime(?) AND minute < toDateTime(?) \
-               AND has(CAST(? AS Array(UInt16)), toUInt16(toDate(minute))) \
-               AND {committed}{not_late} \
-             GROUP BY song_id",
-            committed = CommittedFlushes::condition(""),
-        );
-        let first = u32::from(truncated.first().copied().unwrap_or(0)) * 86_400;
-        let end = (u32::from(truncated.last().copied().unwrap_or(0)) + 1) * 86_400;
-        let query = client
-            .query(&sql)
-            .bind(user_id)
-            .bind(first)
-            .bind(end)
-            .bind(truncated);
-        let query = self.committed.bind(query);
-        if late_overlap {
-            self.late_heads.bind(query.bind(&self.late_days))
-        } else {
-            query
-        }
-    }
-}
-
-/// A row of [`WindowPlan::first_query`].
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct FirstQueryRow {
-    song_id: String,
-    total_plays: u64,
-    truncated_days_present: Vec<(u16, u64)>,
-    truncated_days_unread: Vec<u16>,
-}
-
-/// A row of [`WindowPlan::truncated_days_query`].
-#[derive(Debug, clickhouse::Row, serde::Deserialize)]
-struct MinuteSongRow {
-    song_id: String,
-    total_plays: u64,
 }
 
 /// The read plan, read from ClickHouse at most once per `ttl` for a range of days (a request
@@ -747,7 +602,7 @@ mod tests {
         );
         let client = clickhouse::Client::default();
         let sql = window_plan
-            .first_query(&client, "it's me")
+            .first_query(&client, &["it's me"])
             .sql_display()
             .to_string();
         assert!(sql.contains("user_id = 'it\\'s me'"), "{sql}");
@@ -757,10 +612,62 @@ mod tests {
         assert!(sql.contains("NOT has(CAST([20775,20777,20778]"), "{sql}");
         let day_20 = day_number(day("2026-11-20"));
         let sql = window_plan
-            .truncated_days_query(&client, "it's me", &[day_20])
+            .truncated_days_query(
+                &client,
+                &[TruncatedDays {
+                    user_id: "it's me",
+                    days: vec![day_20],
+                }],
+            )
             .sql_display()
             .to_string();
         assert!(!sql.contains('?'), "every placeholder bound: {sql}");
+        assert!(sql.contains("AND NOT (has("), "late rows excluded: {sql}");
+    }
+
+    #[test]
+    fn a_batch_reads_each_user_and_only_their_own_truncated_days() {
+        let window = Window::last_week(at("2026-11-24T10:15:30Z"));
+        let window_plan = WindowPlan::new(&window, &plan());
+        let client = clickhouse::Client::default();
+        let sql = window_plan
+            .first_query(&client, &["a", "b", "c"])
+            .sql_display()
+            .to_string();
+        assert!(!sql.contains('?'), "every placeholder bound: {sql}");
+        assert_eq!(
+            sql.matches("user_id IN ('a', 'b', 'c')").count(),
+            2,
+            "{sql}"
+        );
+        assert!(sql.contains("GROUP BY user_id, song"), "{sql}");
+        let day_18 = day_number(day("2026-11-18"));
+        let day_20 = day_number(day("2026-11-20"));
+        let sql = window_plan
+            .truncated_days_query(
+                &client,
+                &[
+                    TruncatedDays {
+                        user_id: "a",
+                        days: vec![day_18],
+                    },
+                    TruncatedDays {
+                        user_id: "c",
+                        days: vec![day_18, day_20],
+                    },
+                ],
+            )
+            .sql_display()
+            .to_string();
+        assert!(!sql.contains('?'), "every placeholder bound: {sql}");
+        assert!(sql.contains("PREWHERE user_id IN ('a', 'c')"), "{sql}");
+        assert!(
+            sql.contains(&format!(
+                "(user_id, toUInt16(toDate(minute))) IN (('a',{day_18}), ('c',{day_18}), ('c',{day_20}))"
+            )),
+            "{sql}"
+        );
+        // 11-20 (late) is one of c's days: late rows are excluded for everyone.
         assert!(sql.contains("AND NOT (has("), "late rows excluded: {sql}");
     }
 

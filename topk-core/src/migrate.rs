@@ -7,6 +7,14 @@
 //! `ADD COLUMN IF NOT EXISTS`, so the runner skips an `ALTER TABLE t ADD COLUMN c ..` (one
 //! column per statement) whose column exists. An applied file whose text later changed is an
 //! error, never silently skipped.
+//!
+//! **Rebuilt tables.** Some settings (`index_granularity`) cannot be altered on 18.16. A
+//! migration changes them by creating the table anew as `<table>_rebuilt` (`CREATE TABLE IF
+//! NOT EXISTS <table>_rebuilt ..`, same columns in the same order); after the file's
+//! statements the runner copies the rows into it, checks the counts, swaps the names and drops
+//! the old table ([`rebuild`]), each step re-runnable after a crash. Writers must be stopped
+//! meanwhile. On a cluster this is not laid out yet: the statement is skipped and the tables
+//! keep their settings.
 
 use std::collections::BTreeMap;
 
@@ -54,10 +62,18 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 6,
-        name: "0006_flush_commit_record_time.sql",
-        sql: include_str!("../../sql/0006_flush_commit_record_time.sql"),
+        name: "0006_read_granularity.sql",
+        sql: include_str!("../../sql/0006_read_granularity.sql"),
+    },
+    Migration {
+        version: 7,
+        name: "0007_flush_commit_record_time.sql",
+        sql: include_str!("../../sql/0007_flush_commit_record_time.sql"),
     },
 ];
+
+/// The suffix of a table a migration creates to replace the table of the name without it.
+pub const REBUILT_SUFFIX: &str = "_rebuilt";
 
 /// The schema version this build expects (the API's `/readyz` checks it).
 pub fn latest_version() -> u32 {
@@ -77,6 +93,8 @@ pub enum MigrateError {
     },
     #[error("{0}")]
     Cluster(String),
+    #[error("rebuilding {table}: {problem}")]
+    Rebuild { table: String, problem: String },
     #[error(
         "migration {version} ({name}) was applied with checksum {applied} but the file now has \
          {current}: applied migrations must not be edited, add a new one"
@@ -166,6 +184,14 @@ pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, Mig
                     })?;
             }
         }
+        if layout.is_none() {
+            for table in statements(migration.sql)
+                .iter()
+                .filter_map(|statement| rebuilt_table(statement))
+            {
+                rebuild(&client, &options.clickhouse_database, &table).await?;
+            }
+        }
         let mut insert = client.insert::<AppliedMigration>(SCHEMA_MIGRATIONS).await?;
         insert
             .write(&AppliedMigration {
@@ -237,6 +263,112 @@ pub fn statements(sql: &str) -> Vec<String> {
         result.push(rest.to_owned());
     }
     result
+}
+
+/// `table` of a `CREATE TABLE IF NOT EXISTS <table>_rebuilt ..` statement (see the module
+/// docs).
+pub fn rebuilt_table(statement: &str) -> Option<String> {
+    let words: Vec<&str> = statement.split_whitespace().take(6).collect();
+    let keywords: Vec<String> = words
+        .iter()
+        .take(5)
+        .map(|word| word.to_ascii_uppercase())
+        .collect();
+    if keywords != ["CREATE", "TABLE", "IF", "NOT", "EXISTS"] {
+        return None;
+    }
+    let name = words.get(5)?.trim_matches('`');
+    let table = name.strip_suffix(REBUILT_SUFFIX)?;
+    Some(table.to_owned()).filter(|table| !table.is_empty())
+}
+
+/// Replaces `table` by `<table>_rebuilt` (created empty by the migration): copies the rows,
+/// checks that both hold as many, renames `table` to `<table>_before_rebuild` and the rebuilt
+/// one to `table`, drops the old one. Re-run after a crash at any step it finishes the job:
+/// the old table is renamed only once the copy is complete, so `table` missing with the old
+/// one present means the copy is whole (finish the swap), and both present means only the
+/// drop is left; otherwise the copy starts over (a copy cut short leaves some rows).
+async fn rebuild(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+) -> Result<(), MigrateError> {
+    let rebuilt = format!("{table}{REBUILT_SUFFIX}");
+    let before = format!("{table}_before_rebuild");
+    let failed = |problem: String| MigrateError::Rebuild {
+        table: table.to_owned(),
+        problem,
+    };
+    let run = |sql: String| async move { client.query(&sql).execute().await };
+    let (table_q, rebuilt_q, before_q) = (
+        quote_identifier(table),
+        quote_identifier(&rebuilt),
+        quote_identifier(&before),
+    );
+    let before_exists = table_exists(client, database, &before).await?;
+    if !table_exists(client, database, table).await? {
+        if !(before_exists && table_exists(client, database, &rebuilt).await?) {
+            return Err(failed(format!(
+                "neither {table} nor {before} and {rebuilt} exist"
+            )));
+        }
+        run(format!("RENAME TABLE {rebuilt_q} TO {table_q}")).await?;
+    } else if !before_exists {
+        run(format!("TRUNCATE TABLE {rebuilt_q}")).await?;
+        let columns: Vec<String> = client
+            .query("SELECT name FROM system.columns WHERE database = ? AND table = ?")
+            .bind(database)
+            .bind(&rebuilt)
+            .fetch_all()
+            .await?;
+        let columns = columns
+            .iter()
+            .map(|column| quote_identifier(column))
+            .collect::<Vec<_>>()
+            .join(", ");
+        run(format!(
+            "INSERT INTO {rebuilt_q} ({columns}) SELECT {columns} FROM {table_q}"
+        ))
+        .await?;
+        let count = |name: String| async move {
+            client
+                .query(&format!("SELECT count() FROM {name}"))
+                .fetch_one::<u64>()
+                .await
+        };
+        let (copied, original) = (
+            count(rebuilt_q.clone()).await?,
+            count(table_q.clone()).await?,
+        );
+        if copied != original {
+            return Err(failed(format!(
+                "{copied} rows copied of {original} (were writers running? stop them and migrate again)"
+            )));
+        }
+        run(format!("RENAME TABLE {table_q} TO {before_q}")).await?;
+        run(format!("RENAME TABLE {rebuilt_q} TO {table_q}")).await?;
+        tracing::info!(table, rows = copied, "table rebuilt");
+    } else {
+        // Only the drop was left: this run's CREATE .. IF NOT EXISTS made the rebuilt table
+        // again, empty.
+        run(format!("DROP TABLE IF EXISTS {rebuilt_q}")).await?;
+    }
+    run(format!("DROP TABLE IF EXISTS {before_q}")).await?;
+    Ok(())
+}
+
+async fn table_exists(
+    client: &clickhouse::Client,
+    database: &str,
+    table: &str,
+) -> Result<bool, clickhouse::error::Error> {
+    let count: u64 = client
+        .query("SELECT count() FROM system.tables WHERE database = ? AND name = ?")
+        .bind(database)
+        .bind(table)
+        .fetch_one()
+        .await?;
+    Ok(count > 0)
 }
 
 /// `(table, column)` of an `ALTER TABLE t ADD COLUMN c ..` statement.
@@ -320,6 +452,26 @@ mod tests {
         assert_eq!(
             statements(sql),
             vec!["CREATE TABLE a (x UInt8)\nENGINE = Memory", "SELECT 1"]
+        );
+    }
+
+    #[test]
+    fn recognises_rebuilt_tables() {
+        assert_eq!(
+            rebuilt_table("CREATE TABLE IF NOT EXISTS plays_minute_rebuilt\n(\n x UInt8\n)"),
+            Some("plays_minute".to_owned())
+        );
+        assert_eq!(
+            rebuilt_table("CREATE TABLE IF NOT EXISTS plays_minute (x UInt8)"),
+            None
+        );
+        assert_eq!(
+            rebuilt_table("CREATE TABLE IF NOT EXISTS _rebuilt (x UInt8)"),
+            None
+        );
+        assert_eq!(
+            rebuilt_table("DROP TABLE IF EXISTS daily_top_rebuilt"),
+            None
         );
     }
 

@@ -29,6 +29,49 @@ pub struct Cohorts {
     pub light: Range<u64>,
 }
 
+/// The dataset in a database named after `name` (TOPK_BENCH_DATABASE, default `bench_api`):
+/// loaded afresh, or with TOPK_BENCH_REUSE=1 the one an earlier run with the same `users` and
+/// TOPK_BENCH_KEEP=1 left there (migrated to this build's schema first).
+#[allow(dead_code, reason = "the cluster benchmark loads databases of its own")]
+pub async fn load_or_reuse(
+    users: u64,
+    now: DateTime<Utc>,
+) -> anyhow::Result<(ClickHouseOptions, Cohorts)> {
+    let name = std::env::var("TOPK_BENCH_DATABASE").unwrap_or_else(|_| "bench_api".to_owned());
+    if std::env::var("TOPK_BENCH_REUSE").is_ok_and(|reuse| reuse == "1") {
+        let options = ClickHouseOptions::new(
+            topk_tests::stack::clickhouse_url(),
+            topk_tests::stack::resource_name("topk_test", &name),
+        );
+        let loaded_users: Result<u64, _> = options
+            .client()
+            .query("SELECT uniqExact(user_id) FROM plays_minute")
+            .fetch_one()
+            .await;
+        if loaded_users.as_ref().is_ok_and(|loaded| *loaded == users) {
+            // A migration may have rewritten tables (schema 6): merged before measuring.
+            topk_core::migrate::migrate(&options).await?;
+            wait_for_merges(&options).await?;
+            println!(
+                "dataset: reusing {} ({users} users)",
+                options.clickhouse_database
+            );
+            let heavy_users = (users / 100).max(1);
+            return Ok((
+                options,
+                Cohorts {
+                    heavy: 0..heavy_users,
+                    light: heavy_users..users,
+                },
+            ));
+        }
+        println!("dataset: nothing to reuse ({loaded_users:?} users), loading");
+    }
+    let options = topk_tests::stack::fresh_database(&name).await;
+    let cohorts = load(&options, users, now).await?;
+    Ok((options, cohorts))
+}
+
 /// Loads `users` users × 7 days ending at `now` and rolls up the six previous days.
 pub async fn load(
     options: &ClickHouseOptions,

@@ -17,7 +17,7 @@ use topk_tests::stack;
 use super::*;
 
 /// Minute rows holding `counts`, spread over 4 Kafka partitions by user.
-fn rows_of(counts: &MinuteCounts) -> Vec<MinuteRow> {
+pub(super) fn rows_of(counts: &MinuteCounts) -> Vec<MinuteRow> {
     counts
         .iter()
         .map(|((user_id, song_id, minute), plays)| MinuteRow {
@@ -34,7 +34,7 @@ fn rows_of(counts: &MinuteCounts) -> Vec<MinuteRow> {
         .collect()
 }
 
-fn listeners_spec(now: DateTime<Utc>) -> ListenerSpec {
+pub(super) fn listeners_spec(now: DateTime<Utc>) -> ListenerSpec {
     let mut spec = ListenerSpec::new(now);
     spec.tiers = vec![
         ListenerTier::new(40, 30, 1.0),
@@ -85,11 +85,11 @@ async fn assert_every_user_exact(app: &Router, counts: &MinuteCounts, now: DateT
 }
 
 /// Days of the window before today.
-fn previous_days(now: DateTime<Utc>) -> Vec<NaiveDate> {
+pub(super) fn previous_days(now: DateTime<Utc>) -> Vec<NaiveDate> {
     topk_core::window::Window::last_week(now).previous_days()
 }
 
-async fn roll_up_all(options: &ClickHouseOptions, now: DateTime<Utc>) {
+pub(super) async fn roll_up_all(options: &ClickHouseOptions, now: DateTime<Utc>) {
     let job = topk_rollup::RollupJob::new(options.client(), now);
     let days = previous_days(now);
     let outcomes = job
