@@ -221,7 +221,7 @@ fn edits_that_break_deploy_files_are_reported() {
         // A variable no binary reads, set for the aggregator in compose.
         (
             "compose/compose.yaml",
-            "TOPK_FLUSH_INTERVAL_MS:",
+            "TOPK_MEMORY_LIMIT_MB:",
             "TOPK_NOPE:",
             "does not read `TOPK_NOPE`",
         ),

@@ -574,17 +574,33 @@ async fn case8_a_worker_without_partitions_reports_records_nobody_consumes() {
         "idle",
         &["--worker-id", "idle", "--metrics-listen", listen.as_str()],
     );
+    // tansu usually parks the group while its owner is paused; sometimes it hands the
+    // partition to the new member at once (as Apache Kafka does after the session timeout):
+    // then nobody starves and there is nothing to report, only the counts to check.
     let reported = async {
         loop {
             if let Some((503, body)) = http_get(port, "/healthz").await {
-                return body;
+                return Some(body);
+            }
+            if std::fs::read_to_string(&idle.log_path)
+                .is_ok_and(|log| log.contains("partitions claimed"))
+            {
+                return None;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
     };
-    let body = tokio::time::timeout(Duration::from_secs(150), reported)
+    let reported = tokio::time::timeout(Duration::from_secs(150), reported)
         .await
         .unwrap_or_else(|_| panic!("/healthz never reported it:\n{}", idle.log_tail(20)));
+    let Some(body) = reported else {
+        eprintln!("case 8: the broker gave the idle worker the partition at once; no starvation to report this run");
+        owner.signal("CONT");
+        pipeline.wait_until_drained(Duration::from_secs(180)).await;
+        pipeline.assert_counts_equal(&expected, &idle).await;
+        assert!(idle.is_running(), "{}", idle.log_tail(20));
+        return;
+    };
     assert!(body.contains("holds no partition"), "{body}");
     let (_, metrics) = http_get(port, "/metrics").await.unwrap();
     assert!(
