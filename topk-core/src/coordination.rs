@@ -431,19 +431,13 @@ async fn mirror_node(
     node: &PartitionNode,
 ) -> Result<(), clickhouse::error::Error> {
     let claim = &node.claim;
-    let present: u64 = client
+    let present = client
         .query(&format!(
             "SELECT count() FROM {INGEST_CLAIMS} WHERE kafka_partition = ? AND claim_id = ?"
         ))
         .bind(claim.kafka_partition)
-        .bind(claim.claim_id)
-        .fetch_one()
-        .await?;
-    if present == 0 {
-        let mut insert = client.insert::<ClaimRow>(INGEST_CLAIMS).await?;
-        insert.write(claim).await?;
-        insert.end().await?;
-    }
+        .bind(claim.claim_id);
+    insert_unless_present(client, INGEST_CLAIMS, present, claim).await?;
     if let Some(head) = &node.head {
         mirror_commit(client, head).await?;
     }
@@ -456,22 +450,30 @@ async fn mirror_commit(
     client: &clickhouse::Client,
     commit: &FlushCommitRow,
 ) -> Result<(), clickhouse::error::Error> {
-    let present: u64 = client
+    let present = client
         .query(&format!(
             "SELECT count() FROM {FLUSH_COMMITS} WHERE kafka_partition = ? AND claim_id = ? \
              AND flush_seq = ?"
         ))
         .bind(commit.kafka_partition)
         .bind(commit.claim_id)
-        .bind(commit.flush_seq)
-        .fetch_one()
-        .await?;
-    if present == 0 {
-        let mut insert = client.insert::<FlushCommitRow>(FLUSH_COMMITS).await?;
-        insert.write(commit).await?;
-        insert.end().await?;
+        .bind(commit.flush_seq);
+    insert_unless_present(client, FLUSH_COMMITS, present, commit).await
+}
+
+/// Inserts `row` into `table` when `present` (a `SELECT count()`) finds none like it.
+async fn insert_unless_present<T: clickhouse::RowOwned + clickhouse::RowWrite>(
+    client: &clickhouse::Client,
+    table: &str,
+    present: clickhouse::query::Query,
+    row: &T,
+) -> Result<(), clickhouse::error::Error> {
+    if present.fetch_one::<u64>().await? > 0 {
+        return Ok(());
     }
-    Ok(())
+    let mut insert = client.insert::<T>(table).await?;
+    insert.write(row).await?;
+    insert.end().await
 }
 
 #[cfg(test)]
