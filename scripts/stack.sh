@@ -135,19 +135,20 @@ start_process() {
   echo $! >"$(pid_file "$service")"
 }
 
+# stop_process SERVICE [SECONDS]: SIGTERM, then SIGKILL after SECONDS (default 10).
 stop_process() {
-  local service=$1 pid
+  local service=$1 seconds=${2:-10} pid
   if ! pid=$(running_pid "$service"); then
     rm -f "$(pid_file "$service")"
     return 0
   fi
   kill -TERM "$pid" 2>/dev/null || true
-  for _ in $(seq 1 100); do
+  for _ in $(seq 1 $((seconds * 10))); do
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
   done
   if kill -0 "$pid" 2>/dev/null; then
-    say "$service (pid $pid) did not stop in 10 s; killing it"
+    say "$service (pid $pid) did not stop in $seconds s; killing it"
     kill -KILL "$pid" 2>/dev/null || true
     sleep 0.2
   fi
@@ -349,7 +350,7 @@ dataDir=$dir/data
 clientPortAddress=127.0.0.1
 clientPort=$CLUSTER_ZK_PORT
 admin.enableServer=false
-4lw.commands.whitelist=ruok,srvr
+4lw.commands.whitelist=ruok,srvr,cons,dump
 autopurge.snapRetainCount=3
 autopurge.purgeInterval=1
 CFG
@@ -425,6 +426,36 @@ cluster_node_has_zookeeper() {
   cluster_query "$1" "SELECT count() FROM system.zookeeper WHERE path = '/'" | grep -qx '[0-9][0-9]*'
 }
 
+# zookeeper_4lw COMMAND: ZooKeeper's answer to a four-letter command (whitelisted in zoo.cfg).
+zookeeper_4lw() {
+  { exec 3<>"/dev/tcp/127.0.0.1/$CLUSTER_ZK_PORT" && printf '%s' "$1" >&3 && timeout 2 cat <&3; } 2>/dev/null
+}
+
+# No ZooKeeper session outlives its client: every session ZooKeeper tracks (`dump`) has a
+# connection (`cons`). A killed server's session lives on until it expires (up to 40 s), and
+# ZooKeeper keeps sessions across its own restarts; while it lives, the restarted server's
+# replicas cannot start ("Replica … appears to be already active").
+zookeeper_no_stale_sessions() {
+  local tracked live
+  tracked=$(zookeeper_4lw dump) || return 1
+  live=$(zookeeper_4lw cons) || return 1
+  [ -z "$(comm -23 <(grep -oE '^[[:space:]]+0x[0-9a-f]+$' <<<"$tracked" | grep -oE '0x[0-9a-f]+' | sort -u) \
+                   <(grep -oE 'sid=0x[0-9a-f]+' <<<"$live" | cut -d= -f2 | sort -u))" ]
+}
+
+# Every replicated table of the node sees all of its replicas active. A restarted server
+# starts its replicas only once ZooKeeper dropped its old session, retrying every ~10 s; until
+# then `ON CLUSTER` statements that wait for them hang in the DDL queue.
+cluster_node_replicas_active() {
+  [ "$(cluster_query "$1" "SELECT count() FROM system.replicas WHERE active_replicas < total_replicas")" = 0 ]
+}
+
+# One `ON CLUSTER` statement answered by every node: each server's DDL worker runs.
+cluster_ddl_answers() {
+  curl -fsS "http://127.0.0.1:$(cluster_http_port 1)/?distributed_ddl_task_timeout=60" \
+    --data-binary "CREATE DATABASE IF NOT EXISTS topk_stack_ready ON CLUSTER $CLUSTER_NAME" >/dev/null
+}
+
 # Every port a process still to be started needs, checked before anything starts.
 cluster_ports_free() {
   local node
@@ -469,6 +500,20 @@ up_cluster() {
     [ "$replicas" = "${#CLUSTER_NODES[@]}" ] ||
       die "cluster node ch$node sees $replicas replicas in cluster $CLUSTER_NAME, not ${#CLUSTER_NODES[@]}; read $STACK_DIR/cluster/ch$node/config/cluster.xml"
   done
+  if ! zookeeper_no_stale_sessions; then
+    say "waiting for ZooKeeper to expire the sessions of killed clients (their replicas cannot start before)"
+    retry 90 zookeeper_no_stale_sessions ||
+      die "ZooKeeper still tracks sessions without a connection after 90 s (printf dump | nc 127.0.0.1 $CLUSTER_ZK_PORT)"
+  fi
+  for node in "${CLUSTER_NODES[@]}"; do
+    if ! cluster_node_replicas_active "$node"; then
+      say "cluster node ch$node: waiting for every replica of its tables to be active"
+      retry 120 cluster_node_replicas_active "$node" ||
+        say "warning: cluster node ch$node still has tables with inactive replicas after 120 s (SELECT database, table FROM system.replicas WHERE active_replicas < total_replicas); ON CLUSTER statements on them may hang"
+    fi
+  done
+  retry 120 cluster_ddl_answers ||
+    die "an ON CLUSTER statement did not finish on every node within 120 s (a server's DDL worker is stuck: restart it with scripts/stack.sh down cluster, then up cluster)"
 }
 
 cluster_nodes_running() {
@@ -483,7 +528,9 @@ cluster_nodes_running() {
 stop_cluster_nodes() {
   local node pids=()
   for node in "${CLUSTER_NODES[@]}"; do
-    stop_process "cluster/ch$node" &
+    # Killed servers leave ZooKeeper sessions behind that keep their replicas read-only after
+    # the restart until they expire: give them time to shut down cleanly.
+    stop_process "cluster/ch$node" 60 &
     pids+=($!)
   done
   wait "${pids[@]}"

@@ -93,9 +93,29 @@ pub async fn exclusive() -> tokio::sync::RwLockWriteGuard<'static, ()> {
     cluster_lock().write().await
 }
 
-/// Taken by tests that only use the cluster: many at once, never during a fault test.
-pub async fn shared() -> tokio::sync::RwLockReadGuard<'static, ()> {
-    cluster_lock().read().await
+/// Taken by tests that only use the cluster: [`SHARED_AT_ONCE`] at a time, never during a
+/// fault test.
+pub async fn shared() -> Shared {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(SHARED_AT_ONCE);
+    let slot = SLOTS
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    Shared {
+        _slot: slot,
+        _read: cluster_lock().read().await,
+    }
+}
+
+/// How many tests share the cluster at once, whatever `--test-threads` says: each server runs
+/// `ON CLUSTER` statements one at a time, so on a 2-core machine more tests at once only queue
+/// up behind each other's DDL (`distributed_ddl_task_timeout`).
+const SHARED_AT_ONCE: usize = 2;
+
+/// The cluster, shared with other tests until dropped.
+pub struct Shared {
+    _slot: tokio::sync::SemaphorePermit<'static>,
+    _read: tokio::sync::RwLockReadGuard<'static, ()>,
 }
 
 fn cluster_lock() -> &'static tokio::sync::RwLock<()> {
