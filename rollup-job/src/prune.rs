@@ -1,10 +1,12 @@
 //! Pruning: what the job may delete, and deleting it.
 //!
-//! - A minute partition is dropped only when its day is older than the 7-day window *and*
-//!   its latest rollup read exactly the rows it holds now. The API answers a day of the
-//!   window from minute rows until the day is rolled up, so days of the window are never
-//!   touched; a day that fell out of the window without being rolled up is kept (with a
-//!   warning naming the backfill that fixes it) rather than lost.
+//! - A minute partition is dropped only when its day is older than the 7-day window and the
+//!   day before it *and* its latest rollup read exactly the rows it holds now. The API
+//!   answers a day of the window from minute rows until the day is rolled up, so days of the
+//!   window are never touched; the day before the window is kept too, because a user's local
+//!   week (`?tz=`) can start inside it, and that part is read from minute rows. A day that
+//!   fell out without being rolled up is kept (with a warning naming the backfill that fixes
+//!   it) rather than lost.
 //! - A daily partition is dropped when its day is older than the retention (at least the
 //!   window, so the API never loses a day it reads).
 //! - A staging table is dropped when a crashed run left it more than a day ago.
@@ -89,9 +91,10 @@ pub struct PruneInputs {
     pub staging_tables: Vec<String>,
 }
 
-/// The first day whose minute partition must be kept whatever its state.
+/// The first day whose minute partition must be kept whatever its state: the UTC week's
+/// first day, or the day before it, where local weeks east and west of UTC can start.
 pub fn first_minute_day_kept(now: DateTime<Utc>) -> NaiveDate {
-    Window::last_week(now).from.date_naive()
+    Window::ending_at(now, WINDOW_DAYS + 1).from.date_naive()
 }
 
 /// The first day whose daily partition is kept.
@@ -282,7 +285,8 @@ mod tests {
     #[test]
     fn cutoffs_follow_the_window_and_the_retention() {
         let now = at("2026-11-24T00:20:00Z");
-        assert_eq!(first_minute_day_kept(now), day(18));
+        // The day before the window too: local weeks start there.
+        assert_eq!(first_minute_day_kept(now), day(17));
         assert_eq!(first_daily_day_kept(now, 7), day(18));
         assert_eq!(first_daily_day_kept(now, 10), day(15));
         // Never shorter than the window, whatever the caller passes.
@@ -332,7 +336,7 @@ mod tests {
                     day: day(16),
                     changed_since_rollup: true
                 },
-                PruneStep::DropMinutePartition(day(17)),
+                // 11-17, rolled up, is the day before the window: local weeks start in it.
                 PruneStep::DropDailyPartition(day(10)),
                 PruneStep::DropDailyPartition(day(11)),
                 PruneStep::DropDailyPartition(day(12)),

@@ -192,3 +192,4 @@ mod conformance;
 mod exactness;
 mod operations;
 mod results;
+mod time_zones;

@@ -28,6 +28,8 @@ pub enum AppError {
     InvalidLimit(String),
     #[error("{0}")]
     InvalidRequest(String),
+    #[error("{0}")]
+    InvalidTimeZone(String),
     /// 401: no bearer token, or one that fails verification. The caller is told only this
     /// (`auth` logs which check failed), so a client cannot probe the checks one by one.
     #[error("missing or invalid bearer token")]
@@ -70,9 +72,10 @@ impl From<clickhouse::error::Error> for AppError {
 impl AppError {
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::InvalidUserId(_) | Self::InvalidLimit(_) | Self::InvalidRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::InvalidUserId(_)
+            | Self::InvalidLimit(_)
+            | Self::InvalidRequest(_)
+            | Self::InvalidTimeZone(_) => StatusCode::BAD_REQUEST,
             // Without auth there is no "me": nothing to find at that path.
             Self::AuthDisabled => StatusCode::NOT_FOUND,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -95,6 +98,7 @@ impl AppError {
             Self::InvalidUserId(_) => "invalid_user_id",
             Self::InvalidLimit(_) => "invalid_limit",
             Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidTimeZone(_) => "invalid_time_zone",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::AuthDisabled => "auth_disabled",

@@ -28,6 +28,11 @@ pub fn error_schema() -> Value {
     })
 }
 
+/// Every name the `tz` parameter accepts (the tz database's zones and links).
+fn time_zone_names() -> Vec<&'static str> {
+    chrono_tz::TZ_VARIANTS.iter().map(|tz| tz.name()).collect()
+}
+
 /// A response with the [`error_schema`] body.
 pub fn error_response(description: &str) -> Value {
     json!({
@@ -45,13 +50,22 @@ fn challenged(mut response: Value, challenge: &str) -> Value {
 }
 
 fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Value {
-    let mut parameters = vec![json!({
-        "name": "limit",
-        "in": "query",
-        "required": false,
-        "description": "How many songs to list.",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
-    })];
+    let mut parameters = vec![
+        json!({
+            "name": "limit",
+            "in": "query",
+            "required": false,
+            "description": "How many songs to list.",
+            "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
+        }),
+        json!({
+            "name": "tz",
+            "in": "query",
+            "required": false,
+            "description": "The user's time zone (an IANA name as the tz database spells it, case-sensitive): the week starts at local midnight six days before the local date, instead of midnight UTC. Any other value: 400 invalid_time_zone.",
+            "schema": {"type": "string", "enum": time_zone_names(), "default": "UTC"}
+        }),
+    ];
     if with_user_id {
         parameters.insert(
             0,
@@ -90,7 +104,7 @@ fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Valu
                 "description": "Not modified: the answer still has the ETag named in If-None-Match (no body).",
                 "headers": validators
             },
-            "400": error_response("Bad user id, limit or query parameter"),
+            "400": error_response("Bad user id, limit, time zone or query parameter"),
             "401": challenged(error_response("Missing or invalid token (auth on); one message for every reason"), "Bearer realm=\"topk\", plus error=\"invalid_token\" when a token was sent"),
             "403": challenged(error_response("The token may not read this user"), "Bearer realm=\"topk\", error=\"insufficient_scope\", scope=\"topk:read:any\""),
             "500": error_response("A query ClickHouse refused: a bug, logged with the request id"),
@@ -158,10 +172,11 @@ pub fn document(auth_on: bool) -> Value {
                         "user_id": {"type": "string"},
                         "window": {
                             "type": "object",
-                            "required": ["from", "to"],
+                            "required": ["from", "to", "tz"],
                             "properties": {
-                                "from": {"type": "string", "format": "date-time", "description": "Midnight UTC starting the oldest day"},
-                                "to": {"type": "string", "format": "date-time", "description": "Now"}
+                                "from": {"type": "string", "format": "date-time", "description": "Midnight starting the oldest day (in tz), as a UTC time"},
+                                "to": {"type": "string", "format": "date-time", "description": "Now"},
+                                "tz": {"type": "string", "description": "The time zone whose midnight starts the window: the request's tz, or UTC"}
                             }
                         },
                         "generated_at": {"type": "string", "format": "date-time"},

@@ -6,6 +6,7 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::{DateTime, SecondsFormat, Utc};
+use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -61,12 +62,26 @@ pub fn check_path_user_id(user_id: &str) -> Result<(), String> {
 #[serde(deny_unknown_fields)]
 struct RawTopSongsParams {
     limit: Option<String>,
+    tz: Option<String>,
 }
 
-/// The query string of a top-songs request: `?limit=1..=50`, nothing else.
+/// The query string of a top-songs request: `?limit=1..=50` and `?tz=` an IANA time zone
+/// name (the user's own week), nothing else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopSongsParams {
     pub limit: usize,
+    /// The week from local midnight in this zone; `None`: the UTC week.
+    pub tz: Option<Tz>,
+}
+
+impl TopSongsParams {
+    /// The window these parameters ask for, ending at `now`.
+    pub fn window(&self, now: DateTime<Utc>) -> Window {
+        match self.tz {
+            Some(tz) => Window::last_week_in(now, tz),
+            None => Window::last_week(now),
+        }
+    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for TopSongsParams {
@@ -76,18 +91,31 @@ impl<S: Send + Sync> FromRequestParts<S> for TopSongsParams {
         let Query(raw) = Query::<RawTopSongsParams>::from_request_parts(parts, state)
             .await
             .map_err(|rejection| AppError::InvalidRequest(rejection.body_text()))?;
-        let Some(text) = raw.limit else {
-            return Ok(Self {
-                limit: DEFAULT_LIMIT,
-            });
+        let limit = match raw.limit {
+            None => DEFAULT_LIMIT,
+            Some(text) => match text.parse::<usize>() {
+                Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => limit,
+                _ => {
+                    return Err(AppError::InvalidLimit(format!(
+                        "limit must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"
+                    )))
+                }
+            },
         };
-        match text.parse::<usize>() {
-            Ok(limit) if (1..=MAX_LIMIT).contains(&limit) => Ok(Self { limit }),
-            _ => Err(AppError::InvalidLimit(format!(
-                "limit must be a whole number from 1 to {MAX_LIMIT}, got {text:?}"
-            ))),
-        }
+        let tz = raw.tz.map(|name| parse_time_zone(&name)).transpose()?;
+        Ok(Self { limit, tz })
     }
+}
+
+/// An IANA time zone name as the tz database spells it (`Europe/Berlin`, `UTC`).
+pub fn parse_time_zone(name: &str) -> Result<Tz, AppError> {
+    name.parse::<Tz>().map_err(|_| {
+        let shown: String = name.chars().take(64).collect();
+        AppError::InvalidTimeZone(format!(
+            "tz must be an IANA time zone name such as Europe/Berlin or America/New_York \
+             (case-sensitive), got {shown:?}"
+        ))
+    })
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +134,8 @@ pub struct TopSongsResponse {
 pub struct WindowBody {
     pub from: String,
     pub to: String,
+    /// The zone whose midnight starts the window (`UTC` unless the request named one).
+    pub tz: String,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -174,6 +204,7 @@ pub fn entity_tag(body: &TopSongsResponse) -> String {
     let content = json!({
         "user_id": body.user_id,
         "from": body.window.from,
+        "tz": body.window.tz,
         "songs": body.songs,
         "exact": body.exact,
     });
@@ -201,7 +232,7 @@ async fn top_songs(
     user_id: String,
     params: TopSongsParams,
 ) -> Result<TopSongsResponse, AppError> {
-    let window = Window::last_week(state.now());
+    let window = params.window(state.now());
     let stored = state.store().songs_in_window(&user_id, &window).await?;
     let ranking = rank(stored.songs, params.limit);
     Ok(TopSongsResponse {
@@ -209,6 +240,7 @@ async fn top_songs(
         window: WindowBody {
             from: rfc3339(window.from),
             to: rfc3339(window.to),
+            tz: params.tz.map_or("UTC", |tz| tz.name()).to_owned(),
         },
         generated_at: Utc::now().to_rfc3339_opts(SecondsFormat::Millis, true),
         data_through: stored

@@ -45,7 +45,7 @@ use topk_core::cluster::Placement;
 use topk_core::committed::CommittedFlushes;
 use topk_core::schema::{RollupProgressRow, FLUSH_COMMITS, PLAYS_MINUTE};
 use topk_core::snapshots::{days_with_new_commits, latest_rollups};
-use topk_core::window::{day_number, Window};
+use topk_core::window::{day_number, Window, WINDOW_DAYS};
 
 use crate::error::AppError;
 use crate::ranking::StoredSong;
@@ -188,14 +188,17 @@ impl Store {
 
 impl Reader {
     async fn window_plan(&self, window: &Window) -> Result<WindowPlan, AppError> {
+        // One plan serves the UTC week and every local week (whose first UTC day can be the
+        // day before the UTC week's), so requests in different zones share the cached plan.
+        let first_day = window.from.date_naive().min(
+            window
+                .today()
+                .checked_sub_days(chrono::Days::new(u64::from(WINDOW_DAYS)))
+                .unwrap_or(NaiveDate::MIN),
+        );
         let read_plan = self
             .plans
-            .get(
-                &self.client,
-                &self.placement,
-                window.from.date_naive(),
-                window.today(),
-            )
+            .get(&self.client, &self.placement, first_day, window.today())
             .await?;
         Ok(WindowPlan::new(window, &read_plan))
     }
@@ -623,6 +626,38 @@ mod tests {
             .to_string();
         assert!(!sql.contains('?'), "every placeholder bound: {sql}");
         assert!(sql.contains("AND NOT (has("), "late rows excluded: {sql}");
+    }
+
+    #[test]
+    fn a_local_weeks_partial_first_day_is_read_from_its_minute_rows_from_local_midnight() {
+        let berlin: chrono_tz::Tz = "Europe/Berlin".parse().unwrap();
+        let window = Window::last_week_in(at("2026-11-24T10:15:30Z"), berlin);
+        assert_eq!(window.from, at("2026-11-17T23:00:00Z"));
+        let window_plan = WindowPlan::new(&window, &plan());
+        // 11-17 is rolled up (snapshot 9), but its list covers the whole day: not read.
+        assert_eq!(window_plan.snapshot_ids, vec![1, 2, 3]);
+        assert_eq!(
+            window_plan.minutes_from_secs,
+            at("2026-11-17T23:00:00Z").timestamp()
+        );
+        assert!(!window_plan.plays_lost);
+        let sql = window_plan
+            .first_query(&clickhouse::Client::default(), &["me"])
+            .sql_display()
+            .to_string();
+        assert!(sql.contains("day >= toDate('2026-11-18')"), "{sql}");
+        let from = at("2026-11-17T23:00:00Z").timestamp();
+        assert!(
+            sql.contains(&format!("minute >= toDateTime({from})")),
+            "{sql}"
+        );
+
+        // Its minute rows pruned: that part of the window cannot be read.
+        let mut pruned = plan();
+        pruned.minute_days.remove(&day("2026-11-17"));
+        assert!(WindowPlan::new(&window, &pruned).plays_lost);
+        // The UTC week does not read 11-17 at all.
+        assert!(!WindowPlan::new(&Window::last_week(window.to), &pruned).plays_lost);
     }
 
     #[test]

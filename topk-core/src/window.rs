@@ -3,8 +3,16 @@
 //! The window ending at `now` is today (UTC, from midnight up to `now`) plus the
 //! `days - 1` previous full UTC days. Events before the window's start are too old to count;
 //! events more than [`MAX_FUTURE_SKEW_MS`] after `now` are rejected as clock errors.
+//!
+//! A user's own week ([`Window::last_week_in`]) starts at *local* midnight six days before
+//! the local date of `now` instead: a moment inside a UTC day, so its first UTC day is only
+//! partly in the window (readers take that day from minute rows, see `topk-api`'s store).
+//! Which events count is still decided by the UTC window of the record ([`Window::for_record`]),
+//! so a play in a local week's first hours that arrives more than six days late is not
+//! counted, just as in the UTC week.
 
 use chrono::{DateTime, Days, NaiveDate, NaiveTime, TimeZone, Utc};
+use chrono_tz::Tz;
 
 /// The product's window: today plus the 6 previous days.
 pub const WINDOW_DAYS: u32 = 7;
@@ -42,10 +50,26 @@ pub fn day_from_number(number: u16) -> NaiveDate {
         .unwrap_or(NaiveDate::MAX)
 }
 
-/// A window of whole UTC days ending at a moment inside its last day.
+/// The first moment of `day` in `tz`: local midnight, or, where a daylight-saving change
+/// skips midnight (e.g. `America/Santiago`), the first local time after the gap.
+pub fn local_day_start(day: NaiveDate, tz: Tz) -> DateTime<Utc> {
+    let mut local = day.and_time(NaiveTime::MIN);
+    // Gaps last at most a few hours; 24 h of minutes bounds the search.
+    for _ in 0..=24 * 60 {
+        if let Some(start) = tz.from_local_datetime(&local).earliest() {
+            return start.with_timezone(&Utc);
+        }
+        local += chrono::Duration::minutes(1);
+    }
+    day_start(day)
+}
+
+/// A window of days ending at a moment inside its last day: whole UTC days, or a user's
+/// local days ([`Window::last_week_in`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Window {
-    /// Midnight UTC of the first day in the window.
+    /// The moment the window starts: midnight UTC of its first day, or, for a local week,
+    /// local midnight (usually a moment inside a UTC day).
     pub from: DateTime<Utc>,
     /// The moment the window ends (usually "now").
     pub to: DateTime<Utc>,
@@ -70,6 +94,26 @@ impl Window {
         Self::ending_at(now, WINDOW_DAYS)
     }
 
+    /// The product window as a user in `tz` sees it: from local midnight six days before
+    /// the local date of `now`, up to `now` (7 local days, today's included). Its length
+    /// varies with daylight-saving changes inside it (167 to 169 hours for full days).
+    pub fn last_week_in(now: DateTime<Utc>, tz: Tz) -> Self {
+        let local_today = now.with_timezone(&tz).date_naive();
+        let first_day = local_today
+            .checked_sub_days(Days::new(u64::from(WINDOW_DAYS - 1)))
+            .unwrap_or(NaiveDate::MIN);
+        Self {
+            from: local_day_start(first_day, tz),
+            to: now,
+        }
+    }
+
+    /// Whether the window starts inside a UTC day (a local week), so that its first UTC day
+    /// is only partly in it.
+    pub fn starts_inside_a_day(&self) -> bool {
+        self.from != day_start(self.from.date_naive())
+    }
+
     /// The window a consumed Kafka record is judged against: the product window ending at
     /// the record's timestamp, so that re-reading the record later (a replay after a crash,
     /// a restore from the archive) decides it exactly as the first read did. A record without
@@ -90,7 +134,8 @@ impl Window {
         self.to.date_naive()
     }
 
-    /// The full days before today, oldest first.
+    /// The UTC days before today, oldest first: full days, except the first one when the
+    /// window [starts inside it](Self::starts_inside_a_day).
     pub fn previous_days(&self) -> Vec<NaiveDate> {
         self.from
             .date_naive()
@@ -131,6 +176,48 @@ mod tests {
         DateTime::parse_from_rfc3339(text)
             .unwrap()
             .with_timezone(&Utc)
+    }
+
+    #[test]
+    fn a_local_week_starts_at_local_midnight_six_days_ago() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        let los_angeles: Tz = "America/Los_Angeles".parse().unwrap();
+        // 11:15 in Berlin (UTC+1): the week starts 2026-11-18 00:00 CET.
+        let window = Window::last_week_in(at("2026-11-24T10:15:00Z"), berlin);
+        assert_eq!(window.from, at("2026-11-17T23:00:00Z"));
+        assert!(window.starts_inside_a_day());
+        assert_eq!(window.previous_days().len(), 7);
+        // 02:15 in Los Angeles (UTC-8): 2026-11-18 00:00 PST.
+        let window = Window::last_week_in(at("2026-11-24T10:15:00Z"), los_angeles);
+        assert_eq!(window.from, at("2026-11-18T08:00:00Z"));
+        assert_eq!(window.previous_days().len(), 6);
+        // Across local midnight in Los Angeles: 23:59 on the 23rd, then 00:01 on the 24th.
+        let before = Window::last_week_in(at("2026-11-24T07:59:00Z"), los_angeles);
+        let after = Window::last_week_in(at("2026-11-24T08:01:00Z"), los_angeles);
+        assert_eq!(before.from, at("2026-11-17T08:00:00Z"));
+        assert_eq!(after.from, at("2026-11-18T08:00:00Z"));
+        // UTC itself: the UTC week.
+        let now = at("2026-11-24T10:15:00Z");
+        assert_eq!(Window::last_week_in(now, Tz::UTC), Window::last_week(now));
+        assert!(!Window::last_week(now).starts_inside_a_day());
+    }
+
+    #[test]
+    fn daylight_saving_changes_inside_the_week_move_its_start() {
+        let berlin: Tz = "Europe/Berlin".parse().unwrap();
+        // Summer time ended on 2026-10-25: the week's first midnight was still CEST (UTC+2).
+        let window = Window::last_week_in(at("2026-10-27T12:00:00Z"), berlin);
+        assert_eq!(window.from, at("2026-10-20T22:00:00Z"));
+        // Santiago skips from 00:00 to 01:00 on 2026-09-06: the day starts at 01:00 (UTC-3).
+        let santiago: Tz = "America/Santiago".parse().unwrap();
+        assert_eq!(
+            local_day_start(NaiveDate::from_ymd_opt(2026, 9, 6).unwrap(), santiago),
+            at("2026-09-06T04:00:00Z")
+        );
+        // A zone 5:45 ahead: the week starts at a quarter past a UTC hour.
+        let kathmandu: Tz = "Asia/Kathmandu".parse().unwrap();
+        let window = Window::last_week_in(at("2026-11-24T10:15:00Z"), kathmandu);
+        assert_eq!(window.from, at("2026-11-17T18:15:00Z"));
     }
 
     #[test]

@@ -143,7 +143,7 @@ async fn window_spanning_rolled_up_days() {
     );
     assert_eq!(
         ties.body["window"],
-        json!({"from": "2026-11-18T00:00:00Z", "to": "2026-11-24T10:15:30Z"})
+        json!({"from": "2026-11-18T00:00:00Z", "to": "2026-11-24T10:15:30Z", "tz": "UTC"})
     );
     assert!(ties.body["generated_at"]
         .as_str()

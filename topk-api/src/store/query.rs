@@ -86,6 +86,20 @@ impl WindowPlan {
         };
         let mut late_snapshots = Vec::new();
         let mut first_minutes_day = today;
+        // A local week's first UTC day is in the window from local midnight on: only its
+        // minute rows can be cut there (a top list covers the whole day).
+        let partial_first_day = window
+            .starts_inside_a_day()
+            .then(|| window.from.date_naive());
+        if let Some(first) = partial_first_day {
+            days.retain(|day| *day != first);
+            first_minutes_day = first;
+            this.first_day = first.succ_opt().unwrap_or(first);
+            if matches!(plan.source(first, today), DaySource::TopListsOnly { .. }) {
+                // Its minute rows are gone: the part of the day in the window cannot be read.
+                this.plays_lost = true;
+            }
+        }
         for day in days {
             match plan.source(day, today) {
                 DaySource::Minutes => first_minutes_day = first_minutes_day.min(day),
@@ -107,7 +121,10 @@ impl WindowPlan {
             }
         }
         this.late_heads = DayHeads::of(late_snapshots);
-        this.minutes_from_secs = day_start(first_minutes_day).timestamp();
+        this.minutes_from_secs = match partial_first_day {
+            Some(first) if first == first_minutes_day => window.from.timestamp(),
+            _ => day_start(first_minutes_day).timestamp(),
+        };
         this
     }
 
