@@ -28,7 +28,8 @@ fn schemathesis() -> String {
     path
 }
 
-/// Starts `topk-api` on a free port with `extra` arguments; returns it and its port.
+/// Starts `topk-api` on a free port with `extra` arguments; returns it and its port. The
+/// query timeout is the loaded-CI one: a 503 for a slow query is not what schemathesis tests.
 async fn start_api(database: &str, label: &str, extra: &[&str]) -> (ChildProcess, u16) {
     let port = topk_tests::process::free_port();
     let mut args: Vec<String> = [
@@ -38,6 +39,8 @@ async fn start_api(database: &str, label: &str, extra: &[&str]) -> (ChildProcess
         &stack::clickhouse_url(),
         "--clickhouse-database",
         database,
+        "--query-timeout-ms",
+        &topk_tests::api::QUERY_TIMEOUT_MS.to_string(),
     ]
     .iter()
     .map(|arg| (*arg).to_owned())
