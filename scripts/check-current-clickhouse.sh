@@ -2,7 +2,7 @@
 # Checks that the statements the binaries send run on current ClickHouse, not only on the
 # local 18.16: runs the pipeline on the local stack with ClickHouse's query log on (the demo,
 # a second rollup, a restore of one day from the S3 archive, a prune, API requests for light
-# and heavy listeners), then replays every logged statement in ClickHouse embedded by chDB
+# and heavy listeners, alone and coalesced, in the UTC week and local weeks), then replays every logged statement in ClickHouse embedded by chDB
 # (scripts/chdb_replay.py) and lists each one that fails there.
 #
 #   scripts/check-current-clickhouse.sh            # chDB 4.4.0 = ClickHouse 26.9
@@ -62,6 +62,16 @@ for user in $users no-such-user; do
   curl -fsS "http://$API_LISTEN/v1/users/$user/top-songs?limit=10" >/dev/null
   curl -fsS "http://$API_LISTEN/v1/users/$user/top-songs?limit=50" >/dev/null
 done
+# At once, so that requests are coalesced (user_id IN, (user_id, day) pairs), and in local
+# weeks east and west of UTC (a partial first day read from minute rows).
+requests=()
+for user in $users no-such-user; do
+  for tz in UTC Europe/Berlin America/Los_Angeles; do
+    curl -fsS "http://$API_LISTEN/v1/users/$user/top-songs?limit=10&tz=$tz" >/dev/null &
+    requests+=($!)
+  done
+done
+wait "${requests[@]}"
 curl -fsS "http://$API_LISTEN/readyz" >/dev/null
 kill -TERM $api && wait $api 2>/dev/null || true
 trap - EXIT
