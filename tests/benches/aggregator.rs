@@ -8,10 +8,7 @@
 
 use std::time::{Duration, Instant};
 
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use topk_loadgen::generate::{generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 use topk_tests::stack;
@@ -19,19 +16,12 @@ use topk_tests::stack;
 /// Reads every partition from the beginning (assigned directly: the broker's fetch ceiling,
 /// without group coordination) and returns how long it took from the first message.
 fn plain_consume(topic: &str, partitions: i32, events: usize) -> Duration {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", stack::kafka_brokers())
-        .set("group.id", format!("{topic}-plain-{}", std::process::id()))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = stack::consumer_from_beginning(
+        &stack::kafka_brokers(),
+        &format!("{topic}-plain-{}", std::process::id()),
+        topic,
+        partitions,
+    );
     let mut consumed = 0usize;
     let mut payload_bytes = 0usize;
     let mut started: Option<Instant> = None;

@@ -176,11 +176,7 @@ async fn an_aggregator_killed_with_its_node_is_replaced_through_another_node_exa
     let urls = cluster_up();
     let pipeline =
         Pipeline::on_cluster("cluster_node_lost", 4, &urls[0], CLUSTER, &zookeeper()).await;
-    let mut spec = GeneratorSpec::new(30_000, Utc::now());
-    spec.users = 2_000;
-    spec.songs = 6_000;
-    spec.seed = 23;
-    spec.late_share = 0.2;
+    let mut spec = crate::faults::fault_traffic(30_000, 23);
     spec.duplicate_share = 0.05;
     let messages = generate(&spec);
     let expected = expected_minute_counts(&messages);

@@ -12,6 +12,17 @@ use topk_tests::pipeline::Pipeline;
 
 use crate::{cluster_up, node_pid, restart_stopped_nodes, zookeeper, CLUSTER};
 
+/// The traffic of the tests that kill or cut off part of the cluster mid-ingest: `events`
+/// plays of 2 000 users over 6 000 songs, a fifth of them late.
+pub fn fault_traffic(events: u64, seed: u64) -> GeneratorSpec {
+    let mut spec = GeneratorSpec::new(events, Utc::now());
+    spec.users = 2_000;
+    spec.songs = 6_000;
+    spec.seed = seed;
+    spec.late_share = 0.2;
+    spec
+}
+
 /// Per-user play sums of one node's local minute table.
 pub async fn local_sums(url: &str, database: &str) -> Vec<(String, u64)> {
     let client = ClickHouseOptions::new(url, database).client();
@@ -32,12 +43,7 @@ async fn a_replica_killed_mid_ingest_loses_nothing_and_catches_up_when_restarted
     let urls = cluster_up();
     let pipeline =
         Pipeline::on_cluster("cluster_replica_kill", 4, &urls[0], CLUSTER, &zookeeper()).await;
-    let mut spec = GeneratorSpec::new(40_000, Utc::now());
-    spec.users = 2_000;
-    spec.songs = 6_000;
-    spec.seed = 21;
-    spec.late_share = 0.2;
-    let messages = generate(&spec);
+    let messages = generate(&fault_traffic(40_000, 21));
     let expected = expected_minute_counts(&messages);
     let (before, during) = messages.split_at(15_000);
 
@@ -109,12 +115,7 @@ async fn zookeeper_stopped_for_30_seconds_mid_ingest_loses_nothing() {
         &zookeeper(),
     )
     .await;
-    let mut spec = GeneratorSpec::new(30_000, Utc::now());
-    spec.users = 2_000;
-    spec.songs = 6_000;
-    spec.seed = 22;
-    spec.late_share = 0.2;
-    let messages = generate(&spec);
+    let messages = generate(&fault_traffic(30_000, 22));
     let expected = expected_minute_counts(&messages);
     let (before, during) = messages.split_at(10_000);
 

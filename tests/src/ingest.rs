@@ -8,10 +8,7 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
-use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::{Offset, TopicPartitionList};
 use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -92,19 +89,12 @@ pub fn read_topic(
     at_least: usize,
     timeout: Duration,
 ) -> Vec<TopicRecord> {
-    let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("{topic}-reader"))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let mut assignment = TopicPartitionList::new();
-    for partition in 0..partitions {
-        assignment
-            .add_partition_offset(topic, partition, Offset::Beginning)
-            .expect("partition");
-    }
-    consumer.assign(&assignment).expect("assign");
+    let consumer = crate::stack::consumer_from_beginning(
+        brokers,
+        &format!("{topic}-reader"),
+        topic,
+        partitions,
+    );
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
     let mut quiet_since = Instant::now();

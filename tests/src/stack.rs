@@ -8,6 +8,8 @@ use std::time::Duration;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
 use topk_core::db::ClickHouseOptions;
 use topk_core::migrate::quote_identifier;
 
@@ -186,4 +188,28 @@ pub fn run_script(args: &[&str]) {
         .status()
         .unwrap_or_else(|error| panic!("running {}: {error}", script.display()));
     assert!(status.success(), "scripts/stack.sh {args:?} failed");
+}
+
+/// A consumer of `brokers` assigned every partition of `topic` from its beginning (no group
+/// coordination; `group` only names it), offsets never committed.
+pub fn consumer_from_beginning(
+    brokers: &str,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BaseConsumer {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", group)
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let mut assignment = TopicPartitionList::new();
+    for partition in 0..partitions {
+        assignment
+            .add_partition_offset(topic, partition, Offset::Beginning)
+            .expect("partition");
+    }
+    consumer.assign(&assignment).expect("assign");
+    consumer
 }

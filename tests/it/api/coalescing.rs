@@ -74,12 +74,7 @@ async fn coalesced_answers_equal_brute_force_and_lone_answers() {
         *counts_of_plays.entry(key).or_default() += 40;
     }
     topk_tests::committed::write_committed(&options, &rows_of(&late)).await;
-    let truncated_user_days: u64 = options
-        .client()
-        .query("SELECT count() FROM daily_top WHERE rank = 1 AND user_truncated = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let truncated_user_days = super::exactness::truncated_user_days(&options).await;
     assert!(
         truncated_user_days > 100,
         "heavy listeners' days are truncated ({truncated_user_days})"

@@ -46,6 +46,16 @@ pub(super) fn listeners_spec(now: DateTime<Utc>) -> ListenerSpec {
     spec
 }
 
+/// How many (user, day) top lists are truncated: the days whose answers need minute rows.
+pub(super) async fn truncated_user_days(options: &ClickHouseOptions) -> u64 {
+    options
+        .client()
+        .query("SELECT count() FROM daily_top WHERE rank = 1 AND user_truncated = 1")
+        .fetch_one()
+        .await
+        .unwrap()
+}
+
 /// The API's answer for `user`: (songs, exact).
 async fn answer(app: &Router, user: &str) -> (Vec<(String, u64)>, bool) {
     let path: String = user.bytes().map(|byte| format!("%{byte:02X}")).collect();
@@ -107,12 +117,7 @@ async fn realistic_listeners_get_exact_answers_with_late_plays_and_no_rollup_bet
     let mut counts = minute_counts(&traffic.plays);
     topk_tests::committed::write_committed(&options, &rows_of(&counts)).await;
     roll_up_all(&options, now).await;
-    let truncated_user_days: u64 = options
-        .client()
-        .query("SELECT count() FROM daily_top WHERE rank = 1 AND user_truncated = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let truncated_user_days = truncated_user_days(&options).await;
     assert!(
         truncated_user_days > 200,
         "heavy listeners' days are truncated ({truncated_user_days})"

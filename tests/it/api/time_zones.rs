@@ -121,12 +121,7 @@ async fn local_weeks_east_and_west_of_utc_are_exact_across_local_midnight() {
         outcomes.iter().all(|outcome| !outcome.failed()),
         "{outcomes:?}"
     );
-    let truncated: u64 = options
-        .client()
-        .query("SELECT count() FROM daily_top WHERE rank = 1 AND user_truncated = 1")
-        .fetch_one()
-        .await
-        .unwrap();
+    let truncated = super::exactness::truncated_user_days(&options).await;
     assert!(
         truncated > 100,
         "heavy listeners' days are truncated ({truncated})"
