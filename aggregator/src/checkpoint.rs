@@ -161,7 +161,7 @@ pub fn spawn_cleanup(
 /// Deletes the minute rows of `claim_id` with `flush_seq > above_seq` and waits for this
 /// mutation only. Always issued (never skipped because a count said 0): the rows never
 /// count either way, this only frees their space. On a cluster the DELETE runs on every
-/// shard's local table (`ON CLUSTER`), and the wait looks at one replica of each shard.
+/// shard's local table ([`Placement::alter`]), and the wait looks at one replica of each shard.
 pub async fn remove_uncommitted_rows(
     client: &clickhouse::Client,
     placement: &Placement,
@@ -169,12 +169,13 @@ pub async fn remove_uncommitted_rows(
     above_seq: u64,
 ) -> Result<(), clickhouse::error::Error> {
     // Literal numbers, so that this mutation can be told apart in system.mutations.
-    client
-        .query(&format!(
-            "ALTER TABLE {} DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}",
-            placement.alter_target(PLAYS_MINUTE)
-        ))
-        .execute()
+    placement
+        .alter(
+            client,
+            PLAYS_MINUTE,
+            &format!("DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}"),
+            &[],
+        )
         .await?;
     // This claim id as a whole number in the mutation's text (18.16 shows
     // `DELETE WHERE ..`, current releases `(DELETE WHERE ..)`).

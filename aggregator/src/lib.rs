@@ -80,6 +80,9 @@ pub async fn run(
         ),
         None => {}
     }
+    if let Some(layout) = config.clickhouse.cluster_layout() {
+        layout.warn_if_alters_are_unsafe(&clickhouse).await;
+    }
     let dead_letters = DeadLetterQueue::new(
         &config.kafka_brokers,
         &config.dead_letter_topic,

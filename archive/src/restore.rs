@@ -425,13 +425,13 @@ pub async fn restore_days(
         if rows.is_empty() {
             // ClickHouse 26.6+ refuses REPLACE PARTITION from an empty source partition (older
             // releases silently dropped the target's); an empty day is a plain drop.
-            client
-                .query(&format!(
-                    "ALTER TABLE {} DROP PARTITION ?",
-                    placement.alter_target(PLAYS_MINUTE)
-                ))
-                .bind(day.format("%Y-%m-%d").to_string())
-                .execute()
+            placement
+                .alter(
+                    &client,
+                    PLAYS_MINUTE,
+                    &format!("DROP PARTITION '{}'", day.format("%Y-%m-%d")),
+                    &[],
+                )
                 .await?;
         } else {
             match &placement {
@@ -503,10 +503,12 @@ async fn replace_day(
 /// One day swapped in on a cluster, shard by shard: the rows go through a sharded staging
 /// table (its own replicated local tables behind a `Distributed` table) to each user's shard,
 /// on every replica of it (quorum), then each shard's partition is replaced from its staging
-/// rows `ON CLUSTER`, every replica waited for (`replication_alter_partitions_sync = 2`).
+/// rows ([`Placement::alter`]), every replica waited for (`replication_alter_partitions_sync
+/// = 2`).
 ///
 /// ClickHouse 18.16 refuses `REPLACE PARTITION` in `ON CLUSTER` DDL ("Unsupported type of
-/// ALTER query"); there the day is dropped on every shard and copied in from the staging
+/// ALTER query"; sent to each shard, `--clickhouse-cluster-nodes`, it takes it); there the
+/// day is dropped on every shard and copied in from the staging
 /// table (quorum again): the same rows, but readers can meet the day empty or partly copied
 /// for the seconds in between (a restore runs with the aggregators stopped, in an incident).
 async fn replace_day_on_cluster(
@@ -545,15 +547,16 @@ async fn replace_day_on_cluster(
         insert.write(row).await?;
     }
     insert.end().await?;
-    let replaced = client
-        .query(&format!(
-            "ALTER TABLE {} REPLACE PARTITION ? FROM {}",
-            placement.alter_target(PLAYS_MINUTE),
-            layout.local_table(STAGING_TABLE)
-        ))
-        .bind(&partition)
-        .with_setting("replication_alter_partitions_sync", "2")
-        .execute()
+    let replaced = placement
+        .alter(
+            client,
+            PLAYS_MINUTE,
+            &format!(
+                "REPLACE PARTITION '{partition}' FROM {}",
+                layout.local_table(STAGING_TABLE)
+            ),
+            &[("replication_alter_partitions_sync", "2")],
+        )
         .await;
     match replaced {
         Ok(()) => Ok(()),
@@ -567,14 +570,13 @@ async fn replace_day_on_cluster(
                 "the server refuses REPLACE PARTITION ON CLUSTER (ClickHouse before 19.x): \
                  dropping the day on every shard and copying it in"
             );
-            client
-                .query(&format!(
-                    "ALTER TABLE {} DROP PARTITION ?",
-                    placement.alter_target(PLAYS_MINUTE)
-                ))
-                .bind(&partition)
-                .with_setting("replication_alter_partitions_sync", "2")
-                .execute()
+            placement
+                .alter(
+                    client,
+                    PLAYS_MINUTE,
+                    &format!("DROP PARTITION '{partition}'"),
+                    &[("replication_alter_partitions_sync", "2")],
+                )
                 .await?;
             let mut copy = client.query(&format!(
                 "INSERT INTO {PLAYS_MINUTE} SELECT * FROM {STAGING_TABLE} WHERE toDate(minute) = toDate(?)"

@@ -250,6 +250,9 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
         slices: config.rollup_slices,
     };
     check_schema(&job.client).await?;
+    if let topk_core::cluster::Placement::Cluster(layout) = &job.placement {
+        layout.warn_if_alters_are_unsafe(&job.client).await;
+    }
     let print_day = |outcome: &DayOutcome| println!("{outcome}");
     let (day_outcomes, prune_after) = match command {
         RollupCommand::Run { prune } => (job.run(print_day).await?, prune),

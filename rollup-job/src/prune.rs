@@ -225,13 +225,13 @@ async fn perform(
         PruneStep::DropStagingTable(name) => return drop_staging_table(client, name).await,
         PruneStep::KeepMinutePartition { .. } => return Ok(()),
     };
-    client
-        .query(&format!(
-            "ALTER TABLE {} DROP PARTITION ID '{}'",
-            placement.alter_target(table),
-            partition_id(day)
-        ))
-        .execute()
+    placement
+        .alter(
+            client,
+            table,
+            &format!("DROP PARTITION ID '{}'", partition_id(day)),
+            &[],
+        )
         .await
         .map_err(clickhouse_error(format!(
             "dropping partition {day} of {table}"

@@ -156,13 +156,13 @@ pub async fn restore(
     // The restored days are read from minute rows until they are rolled up again: their old
     // top lists were built from the rows being replaced.
     for day in &days {
-        client
-            .query(&format!(
-                "ALTER TABLE {} DROP PARTITION ID '{}'",
-                job.placement.alter_target(DAILY_TOP),
-                partition_id(*day)
-            ))
-            .execute()
+        job.placement
+            .alter(
+                &client,
+                DAILY_TOP,
+                &format!("DROP PARTITION ID '{}'", partition_id(*day)),
+                &[],
+            )
             .await
             .map_err(clickhouse_error(format!("dropping the top lists of {day}")))?;
     }

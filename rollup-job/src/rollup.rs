@@ -311,12 +311,13 @@ pub async fn delete_superseded_snapshots(
     if superseded == 0 {
         return Ok(0);
     }
-    client
-        .query(&format!(
-            "ALTER TABLE {} DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}",
-            placement.alter_target(DAILY_TOP)
-        ))
-        .execute()
+    placement
+        .alter(
+            client,
+            DAILY_TOP,
+            &format!("DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}"),
+            &[],
+        )
         .await
         .map_err(clickhouse_error(format!(
             "deleting superseded snapshots of {day}"

@@ -27,14 +27,7 @@ pub fn cluster_up() -> Vec<String> {
 
 fn start_cluster() -> Vec<String> {
     stack_script(&["up", "cluster"]);
-    let env = std::fs::read_to_string(topk_tests::stack::repo_root().join(".stack/cluster/env"))
-        .expect("scripts/stack.sh up cluster writes .stack/cluster/env");
-    env.lines()
-        .find_map(|line| line.strip_prefix("export TOPK_CLUSTER_CLICKHOUSE_URLS="))
-        .expect("TOPK_CLUSTER_CLICKHOUSE_URLS in .stack/cluster/env")
-        .split(',')
-        .map(str::to_owned)
-        .collect()
+    topk_tests::stack::cluster_node_urls()
 }
 
 /// The cluster's ZooKeeper (`host:port`), where the aggregators claim and commit.
@@ -76,6 +69,10 @@ pub fn topk_rollup(options: &ClickHouseOptions, args: &[&str]) -> std::process::
         .env("TOPK_CLICKHOUSE_URL", &options.clickhouse_url)
         .env("TOPK_CLICKHOUSE_DATABASE", &options.clickhouse_database)
         .env("TOPK_CLICKHOUSE_CLUSTER", &options.clickhouse_cluster)
+        .env(
+            "TOPK_CLICKHOUSE_CLUSTER_NODES",
+            options.clickhouse_cluster_nodes.join(","),
+        )
         .env(
             "TOPK_CLICKHOUSE_SETTINGS",
             options.clickhouse_settings.join(","),

@@ -78,6 +78,7 @@ async fn migrations_lay_the_schema_out_on_every_node_of_the_cluster() {
 
     let mut options = node(&urls[0], database);
     options.clickhouse_cluster = CLUSTER.to_owned();
+    options.clickhouse_cluster_nodes = urls.clone();
     let first = migrate(&options).await.expect("migrations on the cluster");
     assert_eq!(first.applied.len(), latest_version() as usize);
     let second = migrate(&options).await.expect("migrations again");
@@ -150,6 +151,7 @@ async fn minute_rows_land_on_one_shard_per_user_and_on_both_of_its_replicas() {
     drop_everywhere(&urls[0], &local).await;
     let mut options = node(&urls[0], database);
     options.clickhouse_cluster = CLUSTER.to_owned();
+    options.clickhouse_cluster_nodes = urls.clone();
     options.clickhouse_settings = vec!["insert_distributed_sync=1".to_owned()];
     migrate(&options).await.unwrap();
 

@@ -145,6 +145,8 @@ impl Pipeline {
             defaults.extend([
                 "--clickhouse-cluster".to_owned(),
                 self.clickhouse.clickhouse_cluster.clone(),
+                "--clickhouse-cluster-nodes".to_owned(),
+                self.clickhouse.clickhouse_cluster_nodes.join(","),
                 "--clickhouse-settings".to_owned(),
                 self.clickhouse.clickhouse_settings.join(","),
             ]);

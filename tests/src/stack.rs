@@ -88,8 +88,25 @@ pub async fn fresh_database(test_name: &str) -> ClickHouseOptions {
     options
 }
 
+/// The HTTP endpoints of the local cluster's nodes (`scripts/stack.sh up cluster` writes them
+/// to `.stack/cluster/env`).
+pub fn cluster_node_urls() -> Vec<String> {
+    let path = repo_root().join(".stack/cluster/env");
+    let env = std::fs::read_to_string(&path).unwrap_or_else(|error| {
+        panic!("{} (scripts/stack.sh up cluster): {error}", path.display())
+    });
+    env.lines()
+        .find_map(|line| line.strip_prefix("export TOPK_CLUSTER_CLICKHOUSE_URLS="))
+        .expect("TOPK_CLUSTER_CLICKHOUSE_URLS in .stack/cluster/env")
+        .split(',')
+        .map(str::to_owned)
+        .collect()
+}
+
 /// A fresh database laid out on the ClickHouse cluster `cluster` (both databases dropped on
-/// every node first), reached at `clickhouse_url`, written with `insert_distributed_sync = 1`.
+/// every node first), reached at `clickhouse_url`, written with `insert_distributed_sync = 1`,
+/// its sharded tables altered node by node (`--clickhouse-cluster-nodes`, every node of the
+/// local cluster).
 pub async fn fresh_cluster_database(
     test_name: &str,
     clickhouse_url: &str,
@@ -97,6 +114,7 @@ pub async fn fresh_cluster_database(
 ) -> ClickHouseOptions {
     let mut options = ClickHouseOptions::new(clickhouse_url, resource_name("topk_test", test_name));
     options.clickhouse_cluster = cluster.to_owned();
+    options.clickhouse_cluster_nodes = cluster_node_urls();
     options.clickhouse_settings = vec!["insert_distributed_sync=1".to_owned()];
     let layout = options.cluster_layout().expect("a cluster");
     for database in [layout.database.clone(), layout.local_database()] {

@@ -38,6 +38,14 @@ pub struct ClickHouseOptions {
     #[arg(long, env = "TOPK_CLICKHOUSE_CLUSTER", default_value = "")]
     #[serde(default)]
     pub clickhouse_cluster: String,
+    /// With `--clickhouse-cluster`: the HTTP endpoints of every node of the cluster,
+    /// comma-separated. An `ALTER` of a sharded table (the cleanup of uncommitted rows, the
+    /// rollup's and the prune's partition changes, a restore, a migration) then goes to one
+    /// replica of each shard directly instead of `ON CLUSTER`, which stops a node's DDL worker
+    /// on ClickHouse 18.x (deploy/clickhouse-cluster/README.md). Empty: `ON CLUSTER`.
+    #[arg(long, env = "TOPK_CLICKHOUSE_CLUSTER_NODES", value_delimiter = ',')]
+    #[serde(default)]
+    pub clickhouse_cluster_nodes: Vec<String>,
     /// ClickHouse settings sent with every query, comma-separated `name=value` pairs (e.g.
     /// `log_queries=1`, or `insert_quorum=2` on a replicated cluster). A profile in the
     /// server's users.xml does the same for a user.
@@ -87,13 +95,19 @@ impl ClickHouseOptions {
             clickhouse_password: String::new(),
             clickhouse_settings: Vec::new(),
             clickhouse_cluster: String::new(),
+            clickhouse_cluster_nodes: Vec::new(),
         }
     }
 
     /// The cluster layout, when the schema lives on a cluster.
     pub fn cluster_layout(&self) -> Option<crate::cluster::ClusterLayout> {
         (!self.clickhouse_cluster.is_empty()).then(|| {
+            let nodes = crate::cluster::nodes::ClusterNodes::new(
+                self.clickhouse_cluster_nodes.iter().map(String::as_str),
+                |url| self.client_at(url),
+            );
             crate::cluster::ClusterLayout::new(&self.clickhouse_cluster, &self.clickhouse_database)
+                .with_nodes(nodes)
         })
     }
 
@@ -113,8 +127,14 @@ impl ClickHouseOptions {
 
     /// A client bound to no particular database (for `CREATE DATABASE`).
     pub fn server_client(&self) -> clickhouse::Client {
+        self.client_at(&self.clickhouse_url)
+    }
+
+    /// A client of the server at `url` with these options' credentials and settings, bound to
+    /// no particular database.
+    fn client_at(&self, url: &str) -> clickhouse::Client {
         let mut client = clickhouse::Client::default()
-            .with_url(&self.clickhouse_url)
+            .with_url(url)
             .with_user(&self.clickhouse_user)
             .with_password(&self.clickhouse_password)
             .with_validation(false);

@@ -172,16 +172,20 @@ pub async fn migrate(options: &ClickHouseOptions) -> Result<MigrationReport, Mig
                         continue;
                     }
                 }
-                client
-                    .query(&rendered.sql)
-                    .execute()
-                    .await
-                    .map_err(|source| MigrateError::Statement {
-                        version: migration.version,
-                        name: migration.name,
-                        statement_index,
-                        source,
-                    })?;
+                let executed = match (&rendered.sharded_alter, &layout) {
+                    (Some(alter), Some(layout)) => {
+                        layout
+                            .alter_local_tables(&client, &alter.table, &alter.command, &[])
+                            .await
+                    }
+                    _ => client.query(&rendered.sql).execute().await,
+                };
+                executed.map_err(|source| MigrateError::Statement {
+                    version: migration.version,
+                    name: migration.name,
+                    statement_index,
+                    source,
+                })?;
             }
         }
         if layout.is_none() {
@@ -423,6 +427,7 @@ fn laid_out(
             sql: statement.to_owned(),
             adds_column: added_column(statement)
                 .map(|(table, column)| (database.to_owned(), table, column)),
+            sharded_alter: None,
         }]),
     }
 }

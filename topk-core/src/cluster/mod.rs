@@ -5,15 +5,19 @@
 //! ([`SHARDED_TABLES`], `ReplicatedMergeTree` under a `{shard}` path), and `<db>` (what the
 //! binaries connect to) holds a `Distributed` table of the same name in front of each, plus
 //! the small tables, each replicated to every node (a path without `{shard}`), and the views.
-//! DDL runs `ON CLUSTER` (once per shard for a replicated table), except an `ALTER` of a table
-//! replicated to every node, which runs once and replicates; data statements run once,
-//! through `<db>`.
+//! DDL runs `ON CLUSTER`, except an `ALTER`: of a table replicated to every node it runs once
+//! and replicates; of a sharded table it runs on one replica of each shard (through
+//! [`nodes::ClusterNodes`] when the nodes are configured, else `ON CLUSTER`, which ClickHouse
+//! 18.16 gets wrong). Data statements run once, through `<db>`.
 //!
 //! Block deduplication is off on every replicated table (`replicated_deduplication_window =
 //! 0`): exactness comes from claims and commits, and deduplication would silently drop a
 //! legitimate insert identical to an earlier one.
 
+pub mod nodes;
+
 use crate::migrate::quote_identifier;
+use nodes::ClusterNodes;
 
 /// The tables sharded by user, with their sharding key: one user's rows live on one shard.
 pub const SHARDED_TABLES: &[(&str, &str)] = &[
@@ -28,6 +32,8 @@ pub struct ClusterLayout {
     pub cluster: String,
     /// The database the binaries connect to.
     pub database: String,
+    /// Every node's HTTP endpoint, for the `ALTER`s of sharded tables (empty: `ON CLUSTER`).
+    pub nodes: ClusterNodes,
 }
 
 /// One statement of the cluster rendering, and the table whose column it adds (for the
@@ -36,6 +42,17 @@ pub struct ClusterLayout {
 pub struct ClusterStatement {
     pub sql: String,
     pub adds_column: Option<(String, String, String)>,
+    /// Set when `sql` is an `ALTER` of a sharded table's local tables: run it with
+    /// [`ClusterLayout::alter_local_tables`] (`sql` is its `ON CLUSTER` form).
+    pub sharded_alter: Option<ShardedAlter>,
+}
+
+/// An `ALTER` of the local tables of a sharded table: `ALTER TABLE <db>_local.<table>
+/// <command>` on every shard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardedAlter {
+    pub table: String,
+    pub command: String,
 }
 
 impl ClusterLayout {
@@ -43,7 +60,70 @@ impl ClusterLayout {
         Self {
             cluster: cluster.into(),
             database: database.into(),
+            nodes: ClusterNodes::default(),
         }
+    }
+
+    /// This layout with its nodes reached one by one for sharded `ALTER`s.
+    pub fn with_nodes(mut self, nodes: ClusterNodes) -> Self {
+        self.nodes = nodes;
+        self
+    }
+
+    /// Warns when sharded `ALTER`s would run `ON CLUSTER` on a server whose DDL worker can
+    /// stop for good on them (ClickHouse before 20.x; see [`nodes`]).
+    pub async fn warn_if_alters_are_unsafe(&self, client: &clickhouse::Client) {
+        if !self.nodes.is_empty() {
+            return;
+        }
+        let version = client.query("SELECT version()").fetch_one::<String>().await;
+        if let Ok(version) = version {
+            let major: u32 = version
+                .split('.')
+                .next()
+                .and_then(|major| major.parse().ok())
+                .unwrap_or(u32::MAX);
+            if major < 20 {
+                tracing::warn!(
+                    %version,
+                    "ALTERs of sharded tables run ON CLUSTER, which can stop a node's DDL \
+                     worker on this ClickHouse release: set --clickhouse-cluster-nodes"
+                );
+            }
+        }
+    }
+
+    /// Runs `ALTER TABLE <db>_local.<table> <command>` on every shard of the sharded `table`
+    /// (one replica each; replication brings it to the others), `settings` sent with it:
+    /// through [`ClusterNodes`] when configured, else `ON CLUSTER` through `client`.
+    pub async fn alter_local_tables(
+        &self,
+        client: &clickhouse::Client,
+        table: &str,
+        command: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<(), clickhouse::error::Error> {
+        if self.nodes.is_empty() {
+            let mut query = client.query(&format!(
+                "ALTER TABLE {} {} {command}",
+                self.qualified(&self.local_database(), table),
+                self.on_cluster()
+            ));
+            for (name, value) in settings {
+                query = query.with_setting(*name, *value);
+            }
+            return query.execute().await;
+        }
+        self.nodes
+            .alter_each_shard(
+                client,
+                &self.cluster,
+                &self.local_database(),
+                table,
+                command,
+                settings,
+            )
+            .await
     }
 
     /// The database of the shards' own rows.
@@ -118,6 +198,7 @@ impl ClusterLayout {
                         self.qualified(&self.database, &name),
                     ),
                     adds_column: Some((self.database.clone(), name, column)),
+                    sharded_alter: None,
                 }]);
             }
             // The local tables take the column; the Distributed table in front holds no data
@@ -133,6 +214,10 @@ impl ClusterLayout {
                         self.on_cluster()
                     ),
                     adds_column: adds(&local),
+                    sharded_alter: Some(ShardedAlter {
+                        table: name.clone(),
+                        command: rest.to_owned(),
+                    }),
                 },
                 ClusterStatement {
                     sql: format!(
@@ -141,10 +226,12 @@ impl ClusterLayout {
                         self.on_cluster()
                     ),
                     adds_column: adds(&self.database),
+                    sharded_alter: None,
                 },
                 ClusterStatement {
                     sql: self.distributed_table(&name)?,
                     adds_column: adds(&self.database),
+                    sharded_alter: None,
                 },
             ]);
         }
@@ -385,19 +472,30 @@ impl Placement {
         Ok(settings)
     }
 
-    /// The table an `ALTER` of `table`'s data names: on a cluster the local tables of a
-    /// sharded table on every shard (`ON CLUSTER`), or a table replicated to every node
-    /// (one `ALTER` replicates).
-    pub fn alter_target(&self, table: &str) -> String {
-        match self {
-            Placement::Cluster(layout) if is_sharded(table) => format!(
-                "{} {}",
-                layout.qualified(&layout.local_database(), table),
-                layout.on_cluster()
-            ),
+    /// Runs `ALTER TABLE <table> <command>` (`settings` sent with it) where `table`'s data
+    /// lives: on a cluster, a sharded table's local tables on every shard
+    /// ([`ClusterLayout::alter_local_tables`]) or once for a table replicated to every node.
+    pub async fn alter(
+        &self,
+        client: &clickhouse::Client,
+        table: &str,
+        command: &str,
+        settings: &[(&str, &str)],
+    ) -> Result<(), clickhouse::error::Error> {
+        let target = match self {
+            Placement::Cluster(layout) if is_sharded(table) => {
+                return layout
+                    .alter_local_tables(client, table, command, settings)
+                    .await;
+            }
             Placement::Cluster(layout) => layout.qualified(&layout.database, table),
             Placement::SingleNode => quote_identifier(table),
+        };
+        let mut query = client.query(&format!("ALTER TABLE {target} {command}"));
+        for (name, value) in settings {
+            query = query.with_setting(*name, *value);
         }
+        query.execute().await
     }
 }
 
@@ -405,6 +503,7 @@ fn plain(sql: String) -> ClusterStatement {
     ClusterStatement {
         sql,
         adds_column: None,
+        sharded_alter: None,
     }
 }
 
@@ -532,6 +631,14 @@ mod tests {
                 "flush_seq".into()
             ))
         );
+        assert_eq!(
+            rendered[0].sharded_alter,
+            Some(ShardedAlter {
+                table: "plays_minute".into(),
+                command: "ADD COLUMN flush_seq UInt64 DEFAULT flush_offset".into()
+            })
+        );
+        assert!(rendered[1..].iter().all(|s| s.sharded_alter.is_none()));
     }
 
     #[test]
@@ -547,16 +654,8 @@ mod tests {
     }
 
     #[test]
-    fn a_sharded_table_is_altered_and_inspected_on_every_shard() {
+    fn a_sharded_table_is_inspected_on_every_shard() {
         let placement = Placement::Cluster(layout());
-        assert_eq!(
-            placement.alter_target("plays_minute"),
-            "`topk_local`.`plays_minute` ON CLUSTER `topk`"
-        );
-        assert_eq!(
-            placement.alter_target("rollup_progress"),
-            "`topk`.`rollup_progress`"
-        );
         assert_eq!(
             placement.system_rows_of("parts", "plays_minute"),
             "FROM cluster('topk', system.parts) WHERE database = 'topk_local' AND table = 'plays_minute'"
@@ -564,10 +663,6 @@ mod tests {
         assert_eq!(
             Placement::SingleNode.system_rows_of("parts", "plays_minute"),
             "FROM system.parts WHERE database = currentDatabase() AND table = 'plays_minute'"
-        );
-        assert_eq!(
-            Placement::SingleNode.alter_target("daily_top"),
-            "`daily_top`"
         );
     }
 
