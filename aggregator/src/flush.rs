@@ -200,9 +200,11 @@ impl FlushTarget {
             error,
             ambiguous: false,
         };
+        let mut steps = StepTimer::new();
         self.drop_fenced(batch, results)
             .await
             .map_err(|error| clear(format!("checking claims: {error}")))?;
+        steps.done("claims");
         if batch.partitions.is_empty() {
             return Ok(());
         }
@@ -212,16 +214,31 @@ impl FlushTarget {
                 .await
                 .map_err(|error| clear(error.to_string()))?;
         }
+        steps.done("dead_letters");
         if let Some(archive) = &self.archive {
-            for flush in batch.partitions.iter_mut().filter(|flush| !flush.archived) {
-                archive
-                    .put_segment(&self.owner.topic, flush.partition, &flush.raw_records)
-                    .await
-                    .map_err(|error| {
-                        clear(format!("archiving partition {}: {error}", flush.partition))
-                    })?;
-                flush.archived = true;
+            // Every partition's segment at once (one S3 PUT each); a partition whose PUT
+            // succeeded is not archived again by the next attempt.
+            let topic = &self.owner.topic;
+            let puts = batch
+                .partitions
+                .iter_mut()
+                .filter(|flush| !flush.archived)
+                .map(|flush| async move {
+                    let put = archive
+                        .put_segment(topic, flush.partition, &flush.raw_records)
+                        .await;
+                    flush.archived = put.is_ok();
+                    put.map_err(|error| format!("archiving partition {}: {error}", flush.partition))
+                });
+            let failed: Vec<String> = futures::future::join_all(puts)
+                .await
+                .into_iter()
+                .filter_map(Result::err)
+                .collect();
+            if !failed.is_empty() {
+                return Err(clear(failed.join("; ")));
             }
+            steps.done("archive");
         }
         let ambiguous = |error: String| AttemptFailure {
             error,
@@ -233,6 +250,7 @@ impl FlushTarget {
             .filter(|flush| !flush.rows_written)
             .flat_map(|flush| flush.rows.iter())
             .collect();
+        let row_count = rows.len();
         if !rows.is_empty() {
             let query_id = format!("{label}-{attempt}-rows");
             self.insert(PLAYS_MINUTE, &rows, &query_id, running)
@@ -242,6 +260,30 @@ impl FlushTarget {
         for flush in &mut batch.partitions {
             flush.rows_written = true;
         }
+        steps.done("rows");
+        let committed = self.commit(batch, label, attempt, running, results).await;
+        steps.done("commits");
+        steps.report(label, attempt, row_count);
+        committed
+    }
+
+    /// Writes the commits of the batch's partitions (their rows are written).
+    async fn commit(
+        &self,
+        batch: &mut FlushBatch,
+        label: &str,
+        attempt: u32,
+        running: &RunningQueries,
+        results: &mut Vec<(i32, FlushResult)>,
+    ) -> Result<(), AttemptFailure> {
+        let clear = |error: String| AttemptFailure {
+            error,
+            ambiguous: false,
+        };
+        let ambiguous = |error: String| AttemptFailure {
+            error,
+            ambiguous: true,
+        };
         match &self.coordinator {
             Coordinator::ClickHouse => {
                 let commits: Vec<&FlushCommitRow> =
@@ -450,5 +492,55 @@ impl FlushTarget {
             running.finish(query_id);
         }
         result
+    }
+}
+
+/// A flush attempt slower than this is logged with the time each step took.
+pub const SLOW_FLUSH: Duration = Duration::from_secs(1);
+
+/// How long each step of a flush attempt took (`topk_aggregator_flush_step_seconds{step}`),
+/// logged as a whole when the attempt is slower than [`SLOW_FLUSH`].
+struct StepTimer {
+    started: Instant,
+    step_started: Instant,
+    steps: Vec<(&'static str, Duration)>,
+}
+
+impl StepTimer {
+    fn new() -> Self {
+        let now = Instant::now();
+        Self {
+            started: now,
+            step_started: now,
+            steps: Vec::new(),
+        }
+    }
+
+    fn done(&mut self, step: &'static str) {
+        let now = Instant::now();
+        let took = now - self.step_started;
+        metrics::flush_step(step, took);
+        self.steps.push((step, took));
+        self.step_started = now;
+    }
+
+    fn report(&self, label: &str, attempt: u32, rows: usize) {
+        let took = self.started.elapsed();
+        if took < SLOW_FLUSH {
+            return;
+        }
+        let steps: Vec<String> = self
+            .steps
+            .iter()
+            .map(|(step, took)| format!("{step} {} ms", took.as_millis()))
+            .collect();
+        tracing::warn!(
+            flush = label,
+            attempt,
+            rows,
+            took_ms = took.as_millis() as u64,
+            steps = %steps.join(", "),
+            "slow flush"
+        );
     }
 }

@@ -3,7 +3,9 @@
 //! - `topk_aggregator_events_total{outcome}`: counted, duplicate, rejected, replayed, skipped
 //! - `topk_aggregator_dead_letters_total{reason}`: rejected events by reason
 //! - `topk_aggregator_flushes_total{result}`, `topk_aggregator_flush_rows_total`,
-//!   `topk_aggregator_flush_duration_seconds`
+//!   `topk_aggregator_flush_duration_seconds`, and per step of an attempt
+//!   `topk_aggregator_flush_step_seconds{step}` (`claims`, `dead_letters`, `archive`, `rows`,
+//!   `commits`; an attempt slower than 1 s is also logged as "slow flush" with each step's time)
 //! - `topk_aggregator_buffer_rows`, `topk_aggregator_buffer_bytes`: per shard
 //! - `topk_aggregator_consumer_lag{partition}`: from librdkafka statistics
 //! - `topk_aggregator_paused`: 1 while consumption is paused by the memory budget
@@ -73,6 +75,12 @@ pub fn flush_succeeded(rows: usize, took: Duration) {
     metrics::counter!("topk_aggregator_flushes_total", "result" => "ok").increment(1);
     metrics::counter!("topk_aggregator_flush_rows_total").increment(rows as u64);
     metrics::histogram!("topk_aggregator_flush_duration_seconds").record(took.as_secs_f64());
+}
+
+/// One step of a flush attempt (`claims`, `dead_letters`, `archive`, `rows`, `commits`).
+pub fn flush_step(step: &'static str, took: Duration) {
+    metrics::histogram!("topk_aggregator_flush_step_seconds", "step" => step)
+        .record(took.as_secs_f64());
 }
 
 pub fn flush_failed() {

@@ -8,9 +8,12 @@
 //! build, default settings). Every 500 ms a *marker* play of a fresh user is produced with
 //! the load; a poller asks the API (in this process, default settings, on a port) for that
 //! user every 100 ms until the marker's song shows. Prints p50/p95/p99/max of
-//! produce-to-visible beside the target, how far `data_through` trailed the answer, the rate
-//! actually produced and counted, and ClickHouse's active parts per partition of the tables
-//! the aggregator writes at the end (merges keeping up with 1 s flushes).
+//! produce-to-visible beside the target, also per minute of the run and split into produce ->
+//! acknowledged by the broker and acknowledged -> visible; how far `data_through` trailed the
+//! answer; the aggregator's consumer lag (its metrics, each second); its flush attempts over
+//! 1 s with each step's time (its "slow flush" log lines); the rate actually produced and
+//! counted; and ClickHouse's active parts per partition of the tables the aggregator writes
+//! at the end (merges keeping up with 1 s flushes).
 //!
 //! `cargo build --release -p topk-aggregator && cargo bench -p topk-tests --bench staleness`.
 
@@ -59,6 +62,8 @@ struct Marker {
     user: String,
     song: String,
     produced: Instant,
+    /// How long after `produced` the broker acknowledged it (set when it does).
+    acked: Arc<std::sync::OnceLock<Duration>>,
 }
 
 #[derive(Default)]
@@ -66,9 +71,15 @@ struct Observations {
     staleness: Vec<Duration>,
     /// How far `data_through` was behind the moment the marker became visible.
     data_through_lag: Vec<Duration>,
+    /// Produce -> acknowledged by the broker, and acknowledged -> visible in the API.
+    acked: Vec<Duration>,
+    after_ack: Vec<Duration>,
+    /// Each marker's staleness by the minute of the run it was produced in.
+    by_minute: std::collections::BTreeMap<u64, Vec<Duration>>,
 }
 
 async fn poll_markers(
+    started: Instant,
     port: u16,
     pending: Arc<Mutex<Vec<Marker>>>,
     seen: Arc<Mutex<Observations>>,
@@ -76,16 +87,23 @@ async fn poll_markers(
 ) {
     loop {
         let stopping = stop.load(std::sync::atomic::Ordering::Relaxed);
-        let markers: Vec<(String, String, Instant)> = pending
+        let markers: Vec<(String, String, Instant, Option<Duration>)> = pending
             .lock()
             .await
             .iter()
-            .map(|marker| (marker.user.clone(), marker.song.clone(), marker.produced))
+            .map(|marker| {
+                (
+                    marker.user.clone(),
+                    marker.song.clone(),
+                    marker.produced,
+                    marker.acked.get().copied(),
+                )
+            })
             .collect();
         if stopping && markers.is_empty() {
             return;
         }
-        for (user, song, produced) in markers {
+        for (user, song, produced, acked) in markers {
             let Some((200, body)) =
                 http_get(port, &format!("/v1/users/{user}/top-songs?limit=1")).await
             else {
@@ -102,8 +120,17 @@ async fn poll_markers(
                 .and_then(|through| (Utc::now() - through.with_timezone(&Utc)).to_std().ok());
             let mut observations = seen.lock().await;
             observations.staleness.push(visible);
+            observations
+                .by_minute
+                .entry(produced.duration_since(started).as_secs() / 60)
+                .or_default()
+                .push(visible);
             if let Some(lag) = lag {
                 observations.data_through_lag.push(lag);
+            }
+            if let Some(acked) = acked {
+                observations.acked.push(acked);
+                observations.after_ack.push(visible.saturating_sub(acked));
             }
             pending.lock().await.retain(|marker| marker.user != user);
         }
@@ -126,8 +153,38 @@ async fn main() -> anyhow::Result<()> {
         topk_core::config::load_from(["topk-aggregator"])?;
     let flush_interval = defaults.flush_interval_ms.to_string();
     println!("  aggregator flush interval {flush_interval} ms (its default)");
-    let mut aggregator =
-        pipeline.start_aggregator("bench-staleness", &["--flush-interval-ms", &flush_interval]);
+    let metrics_port = topk_tests::process::free_port();
+    let metrics_listen = format!("127.0.0.1:{metrics_port}");
+    let mut aggregator = pipeline.start_aggregator(
+        "bench-staleness",
+        &[
+            "--flush-interval-ms",
+            &flush_interval,
+            "--metrics-listen",
+            &metrics_listen,
+        ],
+    );
+    // The aggregator's consumer lag (librdkafka's statistics, every 5 s), summed over the
+    // partitions, once a second.
+    let lag_samples = Arc::new(Mutex::new(Vec::<u64>::new()));
+    let lag_sampler = {
+        let samples = lag_samples.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                let Some((200, body)) = http_get(metrics_port, "/metrics").await else {
+                    continue;
+                };
+                let lag: f64 = body
+                    .lines()
+                    .filter(|line| line.starts_with("topk_aggregator_consumer_lag{"))
+                    .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                    .filter(|lag| *lag > 0.0)
+                    .sum();
+                samples.lock().await.push(lag as u64);
+            }
+        })
+    };
     let config = ApiConfig::with_clickhouse(pipeline.clickhouse.clone());
     let state = AppState::from_config(&config)?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -145,7 +202,9 @@ async fn main() -> anyhow::Result<()> {
     let pending = Arc::new(Mutex::new(Vec::new()));
     let seen = Arc::new(Mutex::new(Observations::default()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let started = Instant::now();
     let poller = tokio::spawn(poll_markers(
+        started,
         port,
         pending.clone(),
         seen.clone(),
@@ -155,7 +214,6 @@ async fn main() -> anyhow::Result<()> {
     let users = Zipf::new(200_000.0, 1.1)?;
     let songs = Zipf::new(50_000.0, 1.1)?;
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let started = Instant::now();
     let mut produced: u64 = 0;
     let mut markers: u64 = 0;
     let mut next_marker = Instant::now();
@@ -188,12 +246,19 @@ async fn main() -> anyhow::Result<()> {
                 .key(&user)
                 .payload(&payload);
             if let Ok(delivery) = producer.send_result(record) {
+                let produced = Instant::now();
+                let acked = Arc::new(std::sync::OnceLock::new());
                 pending.lock().await.push(Marker {
                     user,
                     song,
-                    produced: Instant::now(),
+                    produced,
+                    acked: acked.clone(),
                 });
-                deliveries.push(delivery);
+                tokio::spawn(async move {
+                    if let Ok(Ok(_)) = delivery.await {
+                        let _ = acked.set(produced.elapsed());
+                    }
+                });
             }
         }
         if deliveries.len() > 50_000 {
@@ -240,6 +305,35 @@ async fn main() -> anyhow::Result<()> {
             "MISSED"
         }
     );
+    for (minute, staleness) in &observations.by_minute {
+        let mut staleness = staleness.clone();
+        staleness.sort();
+        println!(
+            "    produced in minute {}: p50 {:?}  p95 {:?}  max {:?}",
+            minute + 1,
+            percentile(&staleness, 50.0),
+            percentile(&staleness, 95.0),
+            staleness.last().copied().unwrap_or_default()
+        );
+    }
+    let mut acked = observations.acked.clone();
+    acked.sort();
+    let mut after_ack = observations.after_ack.clone();
+    after_ack.sort();
+    println!(
+        "  of which produce -> acknowledged by the broker: p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
+        percentile(&acked, 50.0),
+        percentile(&acked, 95.0),
+        percentile(&acked, 99.0),
+        acked.last().copied().unwrap_or_default()
+    );
+    println!(
+        "  and acknowledged -> visible: p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
+        percentile(&after_ack, 50.0),
+        percentile(&after_ack, 95.0),
+        percentile(&after_ack, 99.0),
+        after_ack.last().copied().unwrap_or_default()
+    );
     println!(
         "  data_through behind the clock when a marker showed: p50 {:?}  p95 {:?}  max {:?}",
         percentile(&lag, 50.0),
@@ -247,6 +341,22 @@ async fn main() -> anyhow::Result<()> {
         lag.last().copied().unwrap_or_default()
     );
     drop(observations);
+    lag_sampler.abort();
+    let mut lags = lag_samples.lock().await.clone();
+    lags.sort_unstable();
+    let lag_at = |p: f64| {
+        if lags.is_empty() {
+            return 0;
+        }
+        lags[(((p / 100.0) * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1]
+    };
+    println!(
+        "  consumer lag (events not yet consumed, all partitions; sampled each second): p50 {}  \
+         p95 {}  max {}",
+        lag_at(50.0),
+        lag_at(95.0),
+        lags.last().copied().unwrap_or_default()
+    );
     pipeline.wait_until_drained(Duration::from_secs(300)).await;
     println!(
         "  aggregator drained the topic {:.0} s after the load ended",
@@ -266,8 +376,39 @@ async fn main() -> anyhow::Result<()> {
         println!("  active parts: {table} partition {partition}: {count} parts, {rows} rows");
     }
     assert!(aggregator.is_running(), "{}", aggregator.log_tail(20));
+    print_slow_flushes(&std::fs::read_to_string(&aggregator.log_path).unwrap_or_default());
     aggregator.terminate(Duration::from_secs(60));
     let _ = stop_api.send(());
     let _ = server.await;
     Ok(())
+}
+
+/// The aggregator's "slow flush" lines (attempts over 1 s, each with its steps' times): how
+/// many, and the time of each step summed over them, so a tail can be put on a step.
+fn print_slow_flushes(log: &str) {
+    let mut count = 0;
+    let mut slowest = (0u64, String::new());
+    let mut per_step: std::collections::BTreeMap<String, u64> = Default::default();
+    for line in log.lines().filter(|line| line.contains("slow flush")) {
+        count += 1;
+        let took: u64 = line
+            .split_once("took_ms=")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|took| took.parse().ok())
+            .unwrap_or(0);
+        let steps = line.split_once("steps=").map_or("", |(_, rest)| rest);
+        for step in steps.split(", ") {
+            let mut words = step.split_whitespace();
+            if let (Some(name), Some(ms)) = (words.next(), words.next()) {
+                *per_step.entry(name.to_owned()).or_default() += ms.parse::<u64>().unwrap_or(0);
+            }
+        }
+        if took > slowest.0 {
+            slowest = (took, steps.to_owned());
+        }
+    }
+    println!("  flush attempts over 1 s: {count}; their steps summed (ms): {per_step:?}");
+    if count > 0 {
+        println!("  slowest: {} ms ({})", slowest.0, slowest.1);
+    }
 }
