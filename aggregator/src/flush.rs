@@ -112,6 +112,24 @@ struct AttemptFailure {
     ambiguous: bool,
 }
 
+impl AttemptFailure {
+    /// Failed before anything of the attempt was written.
+    fn clear(error: String) -> Self {
+        Self {
+            error,
+            ambiguous: false,
+        }
+    }
+
+    /// Failed after rows or commits were sent.
+    fn ambiguous(error: String) -> Self {
+        Self {
+            error,
+            ambiguous: true,
+        }
+    }
+}
+
 impl FlushTarget {
     /// Writes the batch, retrying with capped exponential backoff until every partition has
     /// a result or the deadline (if any) passes.
@@ -138,10 +156,9 @@ impl FlushTarget {
                         unsettled = false;
                         continue;
                     }
-                    Err(error) => AttemptFailure {
-                        error: format!("settling an unknown outcome: {error}"),
-                        ambiguous: true,
-                    },
+                    Err(error) => {
+                        AttemptFailure::ambiguous(format!("settling an unknown outcome: {error}"))
+                    }
                 }
             } else {
                 attempt += 1;
@@ -196,14 +213,10 @@ impl FlushTarget {
         running: &RunningQueries,
         results: &mut Vec<(i32, FlushResult)>,
     ) -> Result<(), AttemptFailure> {
-        let clear = |error: String| AttemptFailure {
-            error,
-            ambiguous: false,
-        };
         let mut steps = StepTimer::new();
         self.drop_fenced(batch, results)
             .await
-            .map_err(|error| clear(format!("checking claims: {error}")))?;
+            .map_err(|error| AttemptFailure::clear(format!("checking claims: {error}")))?;
         steps.done("claims");
         if batch.partitions.is_empty() {
             return Ok(());
@@ -212,7 +225,7 @@ impl FlushTarget {
             self.dead_letters
                 .confirm(&mut flush.dead_letters)
                 .await
-                .map_err(|error| clear(error.to_string()))?;
+                .map_err(|error| AttemptFailure::clear(error.to_string()))?;
         }
         steps.done("dead_letters");
         if let Some(archive) = &self.archive {
@@ -236,14 +249,10 @@ impl FlushTarget {
                 .filter_map(Result::err)
                 .collect();
             if !failed.is_empty() {
-                return Err(clear(failed.join("; ")));
+                return Err(AttemptFailure::clear(failed.join("; ")));
             }
             steps.done("archive");
         }
-        let ambiguous = |error: String| AttemptFailure {
-            error,
-            ambiguous: true,
-        };
         let rows: Vec<&MinuteRow> = batch
             .partitions
             .iter()
@@ -255,7 +264,9 @@ impl FlushTarget {
             let query_id = format!("{label}-{attempt}-rows");
             self.insert(PLAYS_MINUTE, &rows, &query_id, running)
                 .await
-                .map_err(|error| ambiguous(format!("inserting minute rows: {error}")))?;
+                .map_err(|error| {
+                    AttemptFailure::ambiguous(format!("inserting minute rows: {error}"))
+                })?;
         }
         for flush in &mut batch.partitions {
             flush.rows_written = true;
@@ -276,14 +287,6 @@ impl FlushTarget {
         running: &RunningQueries,
         results: &mut Vec<(i32, FlushResult)>,
     ) -> Result<(), AttemptFailure> {
-        let clear = |error: String| AttemptFailure {
-            error,
-            ambiguous: false,
-        };
-        let ambiguous = |error: String| AttemptFailure {
-            error,
-            ambiguous: true,
-        };
         match &self.coordinator {
             Coordinator::ClickHouse => {
                 let commits: Vec<&FlushCommitRow> =
@@ -291,7 +294,9 @@ impl FlushTarget {
                 let query_id = format!("{label}-{attempt}-commits");
                 self.insert(FLUSH_COMMITS, &commits, &query_id, running)
                     .await
-                    .map_err(|error| ambiguous(format!("inserting commits: {error}")))
+                    .map_err(|error| {
+                        AttemptFailure::ambiguous(format!("inserting commits: {error}"))
+                    })
             }
             Coordinator::Keeper(keeper) => {
                 // Each partition's commit is a compare-and-set whose unknown outcome the
@@ -337,7 +342,7 @@ impl FlushTarget {
                 batch.partitions = pending;
                 match batch.partitions.first() {
                     None => Ok(()),
-                    Some(flush) => Err(clear(format!(
+                    Some(flush) => Err(AttemptFailure::clear(format!(
                         "committing partition {} through Keeper (settled on the next \
                          attempt): {last_error}",
                         flush.partition

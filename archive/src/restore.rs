@@ -430,7 +430,7 @@ pub async fn restore_days(
                     &client,
                     PLAYS_MINUTE,
                     &format!("DROP PARTITION '{}'", day.format("%Y-%m-%d")),
-                    &[],
+                    &[("replication_alter_partitions_sync", "2")],
                 )
                 .await?;
         } else {

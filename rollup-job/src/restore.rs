@@ -161,7 +161,8 @@ pub async fn restore(
                 &client,
                 DAILY_TOP,
                 &format!("DROP PARTITION ID '{}'", partition_id(*day)),
-                &[],
+                // Gone from every replica before the day is rolled up again.
+                &[("replication_alter_partitions_sync", "2")],
             )
             .await
             .map_err(clickhouse_error(format!("dropping the top lists of {day}")))?;

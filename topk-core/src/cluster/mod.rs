@@ -104,15 +104,12 @@ impl ClusterLayout {
         settings: &[(&str, &str)],
     ) -> Result<(), clickhouse::error::Error> {
         if self.nodes.is_empty() {
-            let mut query = client.query(&format!(
-                "ALTER TABLE {} {} {command}",
+            let target = format!(
+                "{} {}",
                 self.qualified(&self.local_database(), table),
                 self.on_cluster()
-            ));
-            for (name, value) in settings {
-                query = query.with_setting(*name, *value);
-            }
-            return query.execute().await;
+            );
+            return execute_alter(client, &target, command, settings).await;
         }
         self.nodes
             .alter_each_shard(
@@ -491,12 +488,22 @@ impl Placement {
             Placement::Cluster(layout) => layout.qualified(&layout.database, table),
             Placement::SingleNode => quote_identifier(table),
         };
-        let mut query = client.query(&format!("ALTER TABLE {target} {command}"));
-        for (name, value) in settings {
-            query = query.with_setting(*name, *value);
-        }
-        query.execute().await
+        execute_alter(client, &target, command, settings).await
     }
+}
+
+/// `ALTER TABLE <target> <command>` through `client`, `settings` sent with it.
+pub(crate) async fn execute_alter(
+    client: &clickhouse::Client,
+    target: &str,
+    command: &str,
+    settings: &[(&str, &str)],
+) -> Result<(), clickhouse::error::Error> {
+    let mut query = client.query(&format!("ALTER TABLE {target} {command}"));
+    for (name, value) in settings {
+        query = query.with_setting(*name, *value);
+    }
+    query.execute().await
 }
 
 fn plain(sql: String) -> ClusterStatement {

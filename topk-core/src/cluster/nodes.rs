@@ -103,15 +103,30 @@ impl ClusterNodes {
                 silent.join("; ")
             )));
         }
+        // `replication_alter_partitions_sync = 2` asks for the change on every replica when
+        // the ALTER returns; 18.16 waits for the one it ran on only, so the other replicas of
+        // the shard are synced here (a replica that does not answer is left to catch up).
+        let every_replica = settings
+            .iter()
+            .any(|(name, value)| *name == "replication_alter_partitions_sync" && *value == "2");
         for (path, replicas) in &replica_sets {
             let mut failures = Vec::new();
-            for (url, node) in replicas {
-                let mut query = node.query(&format!("ALTER TABLE {qualified} {command}"));
-                for (name, value) in settings {
-                    query = query.with_setting(*name, *value);
-                }
-                match query.execute().await {
-                    Ok(()) => break,
+            for (index, (url, node)) in replicas.iter().enumerate() {
+                match super::execute_alter(node, &qualified, command, settings).await {
+                    Ok(()) => {
+                        if every_replica {
+                            for (other_url, other) in replicas.iter().skip(index + 1) {
+                                let synced = other
+                                    .query(&format!("SYSTEM SYNC REPLICA {qualified}"))
+                                    .execute()
+                                    .await;
+                                if let Err(error) = synced {
+                                    tracing::warn!(node = %other_url, %path, %error, "a replica could not be synced after an ALTER; it catches up on its own");
+                                }
+                            }
+                        }
+                        break;
+                    }
                     Err(error) => {
                         tracing::warn!(node = %url, %path, %error, "ALTER failed on a replica; trying the next of its shard");
                         failures.push(format!("{url}: {error}"));
