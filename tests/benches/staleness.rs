@@ -45,12 +45,25 @@ fn env_number(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+fn percentile<T: Copy + Default>(sorted: &[T], p: f64) -> T {
     if sorted.is_empty() {
-        return Duration::ZERO;
+        return T::default();
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// `p50 .. p95 .. p99 .. max ..` of `values`.
+fn p50_p95_p99_max(values: &[Duration]) -> String {
+    let mut sorted = values.to_vec();
+    sorted.sort();
+    format!(
+        "p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
+        percentile(&sorted, 50.0),
+        percentile(&sorted, 95.0),
+        percentile(&sorted, 99.0),
+        sorted.last().copied().unwrap_or_default()
+    )
 }
 
 fn play(event_id: &str, user: &str, song: &str, ts_ms: i64) -> String {
@@ -316,23 +329,13 @@ async fn main() -> anyhow::Result<()> {
             staleness.last().copied().unwrap_or_default()
         );
     }
-    let mut acked = observations.acked.clone();
-    acked.sort();
-    let mut after_ack = observations.after_ack.clone();
-    after_ack.sort();
     println!(
-        "  of which produce -> acknowledged by the broker: p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
-        percentile(&acked, 50.0),
-        percentile(&acked, 95.0),
-        percentile(&acked, 99.0),
-        acked.last().copied().unwrap_or_default()
+        "  of which produce -> acknowledged by the broker: {}",
+        p50_p95_p99_max(&observations.acked)
     );
     println!(
-        "  and acknowledged -> visible: p50 {:?}  p95 {:?}  p99 {:?}  max {:?}",
-        percentile(&after_ack, 50.0),
-        percentile(&after_ack, 95.0),
-        percentile(&after_ack, 99.0),
-        after_ack.last().copied().unwrap_or_default()
+        "  and acknowledged -> visible: {}",
+        p50_p95_p99_max(&observations.after_ack)
     );
     println!(
         "  data_through behind the clock when a marker showed: p50 {:?}  p95 {:?}  max {:?}",
@@ -344,17 +347,11 @@ async fn main() -> anyhow::Result<()> {
     lag_sampler.abort();
     let mut lags = lag_samples.lock().await.clone();
     lags.sort_unstable();
-    let lag_at = |p: f64| {
-        if lags.is_empty() {
-            return 0;
-        }
-        lags[(((p / 100.0) * lags.len() as f64).ceil() as usize).clamp(1, lags.len()) - 1]
-    };
     println!(
         "  consumer lag (events not yet consumed, all partitions; sampled each second): p50 {}  \
          p95 {}  max {}",
-        lag_at(50.0),
-        lag_at(95.0),
+        percentile(&lags, 50.0),
+        percentile(&lags, 95.0),
         lags.last().copied().unwrap_or_default()
     );
     pipeline.wait_until_drained(Duration::from_secs(300)).await;
