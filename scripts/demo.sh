@@ -43,8 +43,12 @@ cleanup() {
 trap cleanup EXIT
 mkdir -p .stack/demo
 
+step "song catalog: a sample of 20000 songs, loaded by topk-catalog"
+"$BIN/topk-loadgen" --events 0 --songs 20000 --create-partitions 4 \
+  --create-topics "$TOPK_DEAD_LETTER_TOPIC" --catalog-out .stack/demo/catalog.ndjson >/dev/null
+"$BIN/topk-catalog" load .stack/demo/catalog.ndjson
+
 step "starting topk-aggregator (log: .stack/demo/aggregator.log)"
-"$BIN/topk-loadgen" --events 0 --create-partitions 4 --create-topics "$TOPK_DEAD_LETTER_TOPIC" >/dev/null
 "$BIN/topk-aggregator" --flush-interval-ms 1000 --metrics-listen "$METRICS_LISTEN" \
   >.stack/demo/aggregator.log 2>&1 &
 pids+=($!)
@@ -83,5 +87,16 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
-step "top 10 songs of $DEMO_USER over the last 7 days"
-curl -fsS "http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?limit=10" | python3 -m json.tool
+step "top 10 songs of $DEMO_USER over the last 7 days, with titles from the catalog"
+curl -fsS "http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?limit=10&include=metadata" |
+  python3 -c '
+import json, sys
+answer = json.load(sys.stdin)
+window = answer["window"]
+print("%s: %s .. %s, exact=%s, data_through=%s" % (answer["user_id"], window["from"], window["to"], answer["exact"], answer["data_through"]))
+for song in answer["songs"]:
+    meta = song.get("metadata") or {}
+    title = "%s - %s" % (meta.get("title", "?"), meta.get("artist_name", "?"))
+    print("%3d  %5d plays  %-12s %s" % (song["rank"], song["plays"], song["song_id"], title))
+'
+step "the same answer as JSON: curl http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?include=metadata"

@@ -86,12 +86,7 @@ mod tests {
     use super::*;
 
     fn play(user: &str, song: &str, ts: i64) -> PlayEvent {
-        PlayEvent {
-            event_id: format!("{user}-{song}-{ts}"),
-            user_id: user.to_owned(),
-            song_id: song.to_owned(),
-            ts,
-        }
+        PlayEvent::new(format!("{user}-{song}-{ts}"), user, song, ts)
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 use topk_api::openapi::{error_response, error_schema};
-use topk_core::event::{RejectReason, MAX_ID_BYTES};
+use topk_core::event::{RejectReason, DEFAULT_CHART_MIN_PLAYED_MS, MAX_ID_BYTES, MAX_PLAYED_MS};
 
 /// Every path the router serves, as written in the document.
 pub const PATHS: [&str; 5] = [
@@ -38,6 +38,14 @@ fn play_event_schema() -> Value {
             "ts": {
                 "description": "When the play happened: epoch milliseconds or an RFC 3339 string; within the last 7 days (UTC) and at most 5 minutes ahead",
                 "oneOf": [{"type": "integer"}, {"type": "string", "format": "date-time"}]
+            },
+            "region": {
+                "description": "Optional: where the play happened, an assigned ISO 3166-1 alpha-2 code in upper case (regional charts)",
+                "type": "string", "nullable": true, "pattern": "^[A-Z]{2}$"
+            },
+            "played_ms": {
+                "description": format!("Optional: how long the song was played, in milliseconds; a play shorter than the charts' minimum (default {DEFAULT_CHART_MIN_PLAYED_MS}) is not counted in charts, and is still counted in the user's own top songs"),
+                "type": "integer", "nullable": true, "minimum": 0, "maximum": MAX_PLAYED_MS
             }
         },
         "additionalProperties": true

@@ -217,12 +217,7 @@ mod tests {
     use super::*;
 
     fn event(user_id: &str) -> PlayEvent {
-        PlayEvent {
-            event_id: "e".to_owned(),
-            user_id: user_id.to_owned(),
-            song_id: "s".to_owned(),
-            ts: 0,
-        }
+        PlayEvent::new("e", user_id, "s", 0)
     }
 
     #[test]

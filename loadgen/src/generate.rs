@@ -119,12 +119,12 @@ pub fn generate(spec: &GeneratorSpec) -> Vec<GeneratedMessage> {
             let base = now_ms - spec.spread_ms + (progress * spec.spread_ms as f64) as i64;
             (base - rng.random_range(0..5_000)).max(window.from.timestamp_millis())
         };
-        let event = PlayEvent {
-            event_id: event_id.clone(),
-            user_id: user_id.clone(),
-            song_id,
-            ts,
-        };
+        let mut event = PlayEvent::new(event_id.clone(), user_id.clone(), song_id, ts);
+        // Most clients say where and how long; older ones say neither.
+        if rng.random_bool(0.8) {
+            event.region = Some(REGIONS[rng.random_range(0..REGIONS.len())].to_owned());
+            event.played_ms = Some(rng.random_range(1_000..400_000));
+        }
         let payload = serde_json::to_vec(&event).expect("serialize event");
         if rng.random_bool(spec.duplicate_share.clamp(0.0, 1.0)) {
             let due = position + rng.random_range(1..50);
@@ -145,6 +145,9 @@ pub fn generate(spec: &GeneratorSpec) -> Vec<GeneratedMessage> {
     }
     messages
 }
+
+/// The regions generated plays come from.
+pub const REGIONS: [&str; 8] = ["US", "DE", "BR", "JP", "GB", "FR", "IN", "MX"];
 
 fn malformed_payload(
     reason: RejectReason,
@@ -179,6 +182,13 @@ fn malformed_payload(
         RejectReason::TsTooOld => format!(
             r#"{{"event_id":"{event_id}","user_id":"{user_id}","song_id":"{song_id}","ts":{}}}"#,
             window.from.timestamp_millis() - 86_400_000
+        ),
+        // Lower case, as a careless client sends it.
+        RejectReason::InvalidRegion => format!(
+            r#"{{"event_id":"{event_id}","user_id":"{user_id}","song_id":"{song_id}","ts":{ok_ts},"region":"de"}}"#
+        ),
+        RejectReason::InvalidPlayedMs => format!(
+            r#"{{"event_id":"{event_id}","user_id":"{user_id}","song_id":"{song_id}","ts":{ok_ts},"played_ms":-5}}"#
         ),
     };
     text.into_bytes()

@@ -6,7 +6,9 @@
 //!   plays delivered late, client resends), in arrival order.
 //! - [`oracle`]: the brute-force top lists of a minute table.
 //! - [`produce`]: producing either to Kafka.
+//! - [`catalog`]: a sample song catalog for the generated songs.
 
+pub mod catalog;
 pub mod generate;
 pub mod listeners;
 pub mod oracle;

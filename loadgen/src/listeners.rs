@@ -172,12 +172,12 @@ pub struct Play {
 
 impl Play {
     pub fn event(&self) -> PlayEvent {
-        PlayEvent {
-            event_id: self.event_id.to_string(),
-            user_id: self.user_id.to_string(),
-            song_id: self.song_id.to_string(),
-            ts: self.ts_ms,
-        }
+        PlayEvent::new(
+            self.event_id.to_string(),
+            self.user_id.to_string(),
+            self.song_id.to_string(),
+            self.ts_ms,
+        )
     }
 }
 

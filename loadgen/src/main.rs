@@ -75,6 +75,10 @@ struct LoadgenConfig {
     /// the dead-letter topic.
     #[arg(long, value_delimiter = ',')]
     create_topics: Vec<String>,
+    /// Also write a sample song catalog of the --songs songs (`song-1` .. `song-N`: titles,
+    /// artists, albums, genres, lengths) to this NDJSON file, for `topk-catalog load`.
+    #[arg(long)]
+    catalog_out: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -87,6 +91,22 @@ async fn main() -> anyhow::Result<()> {
         topk_loadgen::produce::ensure_topics(&config.kafka_brokers, &topics)
             .await
             .context("creating topics")?;
+    }
+    if let Some(path) = &config.catalog_out {
+        use std::io::Write;
+        let file =
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+        let mut out = std::io::BufWriter::new(file);
+        for line in topk_loadgen::catalog::sample_catalog(config.songs, config.seed) {
+            writeln!(out, "{line}").with_context(|| format!("writing {}", path.display()))?;
+        }
+        out.flush()
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "loadgen: a sample catalog of {} songs written to {}",
+            config.songs,
+            path.display()
+        );
     }
     let messages = if config.listeners {
         listener_messages(&config)?

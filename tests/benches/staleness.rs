@@ -3,7 +3,8 @@
 //! cache): the original design's freshness SLO, p95 ≤ 5 s at 10 000 events/s.
 //!
 //! Load: `TOPK_BENCH_RATE` events/s (10 000) for `TOPK_BENCH_SECONDS` (300) on a topic of
-//! `TOPK_BENCH_PARTITIONS` partitions (8), users and songs Zipf-distributed (200 000 users,
+//! `TOPK_BENCH_PARTITIONS` partitions (8), produced with `linger.ms` `TOPK_BENCH_LINGER_MS` (5),
+//! users and songs Zipf-distributed (200 000 users,
 //! 50 000 songs), every play of the current minute; one `topk-aggregator` (the release
 //! build, default settings). Every 500 ms a *marker* play of a fresh user is produced with
 //! the load; a poller asks the API (in this process, default settings, on a port) for that
@@ -156,9 +157,14 @@ async fn main() -> anyhow::Result<()> {
     let rate = env_number("TOPK_BENCH_RATE", 10_000);
     let seconds = env_number("TOPK_BENCH_SECONDS", 300);
     let partitions = i32::try_from(env_number("TOPK_BENCH_PARTITIONS", 8))?;
+    // The producer's batching (librdkafka `linger.ms`; 5, librdkafka's default and topk-ingest's).
+    // tansu stores each produced batch as one object and lists them all on every fetch, so
+    // fewer, larger batches keep the local broker's fetches cheap for longer.
+    let linger_ms = env_number("TOPK_BENCH_LINGER_MS", 5);
     println!(
         "staleness: {rate} events/s for {seconds} s on {partitions} partitions, one marker \
-         every {MARKER_EVERY:?}; default aggregator and API settings"
+         every {MARKER_EVERY:?}; default aggregator and API settings; producer linger.ms \
+         {linger_ms}"
     );
     let pipeline = Pipeline::new("bench_staleness", partitions).await;
     // The aggregator's default flush interval (the test pipeline's shorter one replaced).
@@ -209,7 +215,7 @@ async fn main() -> anyhow::Result<()> {
 
     let producer: FutureProducer = rdkafka::config::ClientConfig::new()
         .set("bootstrap.servers", stack::kafka_brokers())
-        .set("linger.ms", "5")
+        .set("linger.ms", linger_ms.to_string())
         .set("queue.buffering.max.messages", "1000000")
         .create()?;
     let pending = Arc::new(Mutex::new(Vec::new()));

@@ -25,7 +25,7 @@ use topk_core::window::day_start;
 use tower::ServiceExt;
 
 /// "Now" of the fixed-clock tests: the window is 2026-11-18 .. 2026-11-24T10:15:30Z.
-fn now() -> DateTime<Utc> {
+pub(crate) fn now() -> DateTime<Utc> {
     "2026-11-24T10:15:30Z".parse().unwrap()
 }
 
@@ -38,14 +38,14 @@ fn day(offset_from_today: u64) -> NaiveDate {
 
 /// Auth off, and a query timeout long enough for a loaded CI machine: these tests check
 /// answers; the timeout's own behaviour is tested in `operations`.
-fn config(clickhouse: ClickHouseOptions) -> ApiConfig {
+pub(crate) fn config(clickhouse: ClickHouseOptions) -> ApiConfig {
     let mut config = ApiConfig::with_clickhouse(clickhouse);
     config.auth_mode = AuthMode::Off;
     config.query_timeout_ms = topk_tests::api::QUERY_TIMEOUT_MS;
     config
 }
 
-fn fixed_app(config: &ApiConfig) -> Router {
+pub(crate) fn fixed_app(config: &ApiConfig) -> Router {
     topk_api::app(
         AppState::from_config(config)
             .unwrap()
@@ -53,13 +53,13 @@ fn fixed_app(config: &ApiConfig) -> Router {
     )
 }
 
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Value,
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Value,
 }
 
-async fn get(app: &Router, uri: &str, token: Option<&str>) -> Reply {
+pub(crate) async fn get(app: &Router, uri: &str, token: Option<&str>) -> Reply {
     request(app, "GET", uri, token).await
 }
 
@@ -89,7 +89,7 @@ async fn request(app: &Router, method: &str, uri: &str, token: Option<&str>) -> 
 
 /// A 4xx/5xx with the JSON error shape and the given code.
 #[track_caller]
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
+pub(crate) fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
     assert_eq!(reply.status, status, "{}", reply.body);
     assert_eq!(reply.body["error"]["code"], code, "{}", reply.body);
     assert!(reply.body["error"]["message"]

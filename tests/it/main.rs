@@ -5,6 +5,7 @@ mod aggregator;
 mod api;
 mod archive;
 mod archive_ingest;
+mod catalog;
 mod exactly_once;
 mod foundation;
 mod ingest;

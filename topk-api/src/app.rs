@@ -32,6 +32,7 @@ pub fn app(state: AppState) -> Router {
     let limited = Router::new()
         .route("/v1/users/{user_id}/top-songs", get(routes::user_top_songs))
         .route("/v1/me/top-songs", get(routes::my_top_songs))
+        .route("/v1/songs/{song_id}", get(routes::song))
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(shed_error))

@@ -30,6 +30,11 @@ pub enum AppError {
     InvalidRequest(String),
     #[error("{0}")]
     InvalidTimeZone(String),
+    #[error("{0}")]
+    InvalidSongId(String),
+    /// 404: the catalog has no entry for this song.
+    #[error("the song catalog has no song {0:?}")]
+    SongNotFound(String),
     /// 401: no bearer token, or one that fails verification. The caller is told only this
     /// (`auth` logs which check failed), so a client cannot probe the checks one by one.
     #[error("missing or invalid bearer token")]
@@ -75,7 +80,9 @@ impl AppError {
             Self::InvalidUserId(_)
             | Self::InvalidLimit(_)
             | Self::InvalidRequest(_)
-            | Self::InvalidTimeZone(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidTimeZone(_)
+            | Self::InvalidSongId(_) => StatusCode::BAD_REQUEST,
+            Self::SongNotFound(_) => StatusCode::NOT_FOUND,
             // Without auth there is no "me": nothing to find at that path.
             Self::AuthDisabled => StatusCode::NOT_FOUND,
             Self::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -99,6 +106,8 @@ impl AppError {
             Self::InvalidLimit(_) => "invalid_limit",
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidTimeZone(_) => "invalid_time_zone",
+            Self::InvalidSongId(_) => "invalid_song_id",
+            Self::SongNotFound(_) => "song_not_found",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",
             Self::AuthDisabled => "auth_disabled",

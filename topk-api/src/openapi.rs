@@ -3,12 +3,13 @@
 
 use serde_json::{json, Value};
 
-use crate::routes::{DEFAULT_LIMIT, MAX_LIMIT};
+use crate::routes::{DEFAULT_LIMIT, INCLUDE_VALUES, MAX_LIMIT};
 
 /// Every path the router serves, as written in the document.
-pub const PATHS: [&str; 6] = [
+pub const PATHS: [&str; 7] = [
     "/v1/users/{user_id}/top-songs",
     "/v1/me/top-songs",
+    "/v1/songs/{song_id}",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -59,6 +60,13 @@ fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Valu
             "schema": {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT}
         }),
         json!({
+            "name": "include",
+            "in": "query",
+            "required": false,
+            "description": "metadata: each song carries its catalog entry (title, artist, album, genre, length) in `metadata`, null for a song the catalog does not know. One extra indexed query.",
+            "schema": {"type": "string", "enum": INCLUDE_VALUES}
+        }),
+        json!({
             "name": "tz",
             "in": "query",
             "required": false,
@@ -104,7 +112,7 @@ fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Valu
                 "description": "Not modified: the answer still has the ETag named in If-None-Match (no body).",
                 "headers": validators
             },
-            "400": error_response("Bad user id, limit, time zone or query parameter"),
+            "400": error_response("Bad user id, limit, time zone, include or query parameter"),
             "401": challenged(error_response("Missing or invalid token (auth on); one message for every reason"), "Bearer realm=\"topk\", plus error=\"invalid_token\" when a token was sent"),
             "403": challenged(error_response("The token may not read this user"), "Bearer realm=\"topk\", error=\"insufficient_scope\", scope=\"topk:read:any\""),
             "500": error_response("A query ClickHouse refused: a bug, logged with the request id"),
@@ -117,6 +125,38 @@ fn top_songs_operation(summary: &str, with_user_id: bool, auth_on: bool) -> Valu
         let responses = operation["responses"].as_object_mut().expect("an object");
         responses.remove("401");
         responses.remove("403");
+    }
+    operation
+}
+
+/// `GET /v1/songs/{song_id}`: any valid token may read the catalog (auth on), or anyone.
+fn song_operation(auth_on: bool) -> Value {
+    let mut operation = json!({
+        "summary": "A song's catalog entry",
+        "security": [{"bearer": []}],
+        "parameters": [{
+            "name": "song_id",
+            "in": "path",
+            "required": true,
+            "description": "1 to 128 characters, no control characters.",
+            "schema": {"type": "string", "minLength": 1, "maxLength": 128, "pattern": "^[^\\u0000-\\u001F\\u007F-\\u009F]*$"}
+        }],
+        "responses": {
+            "200": {
+                "description": "The song's current catalog entry",
+                "content": {"application/json": {"schema": {"$ref": "#/components/schemas/SongMetadata"}}}
+            },
+            "400": error_response("Bad song id or a query parameter (none is taken)"),
+            "401": challenged(error_response("Missing or invalid token (auth on); one message for every reason"), "Bearer realm=\"topk\", plus error=\"invalid_token\" when a token was sent"),
+            "404": error_response("song_not_found: the catalog has no such song"),
+            "500": error_response("A query ClickHouse refused: a bug, logged with the request id"),
+            "503": error_response("ClickHouse unavailable or slow, or too many requests in flight; see Retry-After"),
+        }
+    });
+    if !auth_on {
+        operation["security"] = json!([]);
+        let responses = operation["responses"].as_object_mut().expect("an object");
+        responses.remove("401");
     }
     operation
 }
@@ -151,16 +191,17 @@ pub fn document(auth_on: bool) -> Value {
         "paths": {
             (PATHS[0]): {"get": top_songs_operation("A user's top songs of the last 7 days", true, auth_on)},
             (PATHS[1]): {"get": me},
-            (PATHS[2]): {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
-            (PATHS[3]): {"get": {
+            (PATHS[2]): {"get": song_operation(auth_on)},
+            (PATHS[3]): {"get": {"summary": "The process is up", "responses": {"200": {"description": "ok"}}}},
+            (PATHS[4]): {"get": {
                 "summary": "ClickHouse answers and the schema is at the expected migration",
                 "responses": {"200": {"description": "ready"}, "503": error_response("Not ready")}
             }},
-            (PATHS[4]): {"get": {
+            (PATHS[5]): {"get": {
                 "summary": "Prometheus metrics",
                 "responses": {"200": {"description": "Prometheus text format", "content": {"text/plain": {}}}}
             }},
-            (PATHS[5]): {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}},
+            (PATHS[6]): {"get": {"summary": "This document", "responses": {"200": {"description": "OpenAPI 3.0"}}}},
         },
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
@@ -187,10 +228,28 @@ pub fn document(auth_on: bool) -> Value {
                             "properties": {
                                 "rank": {"type": "integer", "minimum": 1},
                                 "song_id": {"type": "string"},
-                                "plays": {"type": "integer", "minimum": 1}
+                                "plays": {"type": "integer", "minimum": 1},
+                                "metadata": {
+                                    "description": "With include=metadata only: the song's catalog entry, null when the catalog does not know the song",
+                                    "nullable": true,
+                                    "allOf": [{"$ref": "#/components/schemas/SongMetadata"}]
+                                }
                             }
                         }},
                         "exact": {"type": "boolean", "description": "True when the list and its counts are exactly those of all plays of the window committed up to the moment the answer reflects (at most a few seconds before generated_at). False only when a day's per-minute data inside the window was deleted by an operator and the day's stored top 50 cannot prove the list"}
+                    }
+                },
+                "SongMetadata": {
+                    "type": "object",
+                    "required": ["song_id", "title", "artist_id", "artist_name", "album", "genre", "duration_ms"],
+                    "properties": {
+                        "song_id": {"type": "string"},
+                        "title": {"type": "string"},
+                        "artist_id": {"type": "string"},
+                        "artist_name": {"type": "string"},
+                        "album": {"type": "string", "nullable": true},
+                        "genre": {"type": "string", "nullable": true, "description": "Lower case"},
+                        "duration_ms": {"type": "integer", "nullable": true, "minimum": 1}
                     }
                 },
                 "Error": error_schema()

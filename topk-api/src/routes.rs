@@ -16,6 +16,7 @@ use topk_core::window::Window;
 use crate::auth::Caller;
 use crate::error::AppError;
 use crate::ranking::{rank, RankedSong};
+use crate::store::SongMetadata;
 use crate::AppState;
 
 /// The `limit` used when a request names none.
@@ -39,21 +40,42 @@ impl<S: Send + Sync> FromRequestParts<S> for UserIdPath {
     }
 }
 
+/// `{song_id}` of the path, checked like a user id.
+#[derive(Debug)]
+pub struct SongIdPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for SongIdPath {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
+        let Path(song_id) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(|rejection| AppError::InvalidSongId(rejection.body_text()))?;
+        check_path_id("song_id", &song_id).map_err(AppError::InvalidSongId)?;
+        Ok(Self(song_id))
+    }
+}
+
 /// The path's `user_id`: 1 to [`MAX_ID_BYTES`] characters, no control character (what the
 /// OpenAPI document says: JSON Schema counts characters). The event contract limits ids to
 /// that many *bytes*; a longer id cannot occur in the data, and its answer is an empty list.
 pub fn check_path_user_id(user_id: &str) -> Result<(), String> {
-    if user_id.is_empty() {
-        return Err("user_id is empty".to_owned());
+    check_path_id("user_id", user_id)
+}
+
+/// An id of the path (`field` names it in the message): see [`check_path_user_id`].
+fn check_path_id(field: &str, id: &str) -> Result<(), String> {
+    if id.is_empty() {
+        return Err(format!("{field} is empty"));
     }
-    let characters = user_id.chars().count();
+    let characters = id.chars().count();
     if characters > MAX_ID_BYTES {
         return Err(format!(
-            "user_id is {characters} characters, at most {MAX_ID_BYTES}"
+            "{field} is {characters} characters, at most {MAX_ID_BYTES}"
         ));
     }
-    if user_id.chars().any(char::is_control) {
-        return Err("user_id contains a control character".to_owned());
+    if id.chars().any(char::is_control) {
+        return Err(format!("{field} contains a control character"));
     }
     Ok(())
 }
@@ -63,15 +85,41 @@ pub fn check_path_user_id(user_id: &str) -> Result<(), String> {
 struct RawTopSongsParams {
     limit: Option<String>,
     tz: Option<String>,
+    include: Option<String>,
 }
 
-/// The query string of a top-songs request: `?limit=1..=50` and `?tz=` an IANA time zone
-/// name (the user's own week), nothing else.
+/// The query string of a top-songs request: `?limit=1..=50`, `?tz=` an IANA time zone
+/// name (the user's own week) and `?include=metadata` (each song's catalog entry), nothing
+/// else.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopSongsParams {
     pub limit: usize,
     /// The week from local midnight in this zone; `None`: the UTC week.
     pub tz: Option<Tz>,
+    /// Whether each song carries its catalog entry (`metadata`).
+    pub metadata: bool,
+}
+
+/// What `include` may name (comma-separated).
+pub const INCLUDE_VALUES: [&str; 1] = ["metadata"];
+
+/// `?include=`: a comma-separated list of [`INCLUDE_VALUES`]; returns whether `metadata` is
+/// named.
+pub fn parse_include(text: &str) -> Result<bool, AppError> {
+    let mut metadata = false;
+    for part in text.split(',') {
+        match part {
+            "metadata" => metadata = true,
+            other => {
+                let shown: String = other.chars().take(64).collect();
+                return Err(AppError::InvalidRequest(format!(
+                    "include may name {}, got {shown:?}",
+                    INCLUDE_VALUES.join(", ")
+                )));
+            }
+        }
+    }
+    Ok(metadata)
 }
 
 impl TopSongsParams {
@@ -103,7 +151,12 @@ impl<S: Send + Sync> FromRequestParts<S> for TopSongsParams {
             },
         };
         let tz = raw.tz.map(|name| parse_time_zone(&name)).transpose()?;
-        Ok(Self { limit, tz })
+        let metadata = raw.include.as_deref().map(parse_include).transpose()?;
+        Ok(Self {
+            limit,
+            tz,
+            metadata: metadata.unwrap_or(false),
+        })
     }
 }
 
@@ -143,6 +196,10 @@ pub struct SongBody {
     pub rank: u32,
     pub song_id: String,
     pub plays: u64,
+    /// With `?include=metadata`: the song's catalog entry, `null` when the catalog does not
+    /// know the song; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
 }
 
 fn rfc3339(time: DateTime<Utc>) -> String {
@@ -235,7 +292,7 @@ async fn top_songs(
     let window = params.window(state.now());
     let stored = state.store().songs_in_window(&user_id, &window).await?;
     let ranking = rank(stored.songs, params.limit);
-    Ok(TopSongsResponse {
+    let mut body = TopSongsResponse {
         user_id,
         window: WindowBody {
             from: rfc3339(window.from),
@@ -258,12 +315,49 @@ async fn top_songs(
                     rank,
                     song_id,
                     plays,
+                    metadata: None,
                 },
             )
             .collect(),
         exact: ranking.exact && stored.complete,
-    })
+    };
+    if params.metadata {
+        let song_ids: Vec<&str> = body
+            .songs
+            .iter()
+            .map(|song| song.song_id.as_str())
+            .collect();
+        let mut entries = state.store().songs_metadata(&song_ids).await?;
+        for song in &mut body.songs {
+            let entry = entries.remove(&song.song_id);
+            song.metadata =
+                Some(serde_json::to_value(entry).map_err(|error| {
+                    AppError::Internal(format!("song metadata as JSON: {error}"))
+                })?);
+        }
+    }
+    Ok(body)
 }
+
+/// `GET /v1/songs/{song_id}`: the song's catalog entry.
+pub async fn song(
+    State(state): State<AppState>,
+    _caller: Caller,
+    SongIdPath(song_id): SongIdPath,
+    params: Result<Query<NoParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<SongMetadata>, AppError> {
+    params.map_err(|rejection| AppError::InvalidRequest(rejection.body_text()))?;
+    let mut entries = state.store().songs_metadata(&[song_id.as_str()]).await?;
+    entries
+        .remove(&song_id)
+        .map(Json)
+        .ok_or(AppError::SongNotFound(song_id))
+}
+
+/// A query string that must name no parameter.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NoParams {}
 
 /// `GET /healthz`: the process is up (ClickHouse is not consulted).
 pub async fn healthz() -> Json<serde_json::Value> {

@@ -50,8 +50,11 @@ use topk_core::window::{day_number, Window, WINDOW_DAYS};
 use crate::error::AppError;
 use crate::ranking::StoredSong;
 
+mod catalog;
 mod coalesce;
 mod query;
+
+pub use catalog::SongMetadata;
 
 use coalesce::Coalescer;
 pub use coalesce::{CoalesceCounts, CoalesceOptions};
@@ -164,6 +167,21 @@ impl Store {
             .truncated_days_query(&self.reader.client, &[user])
             .sql_display()
             .to_string())
+    }
+
+    /// The catalog entries of `song_ids` that the catalog has (none asked: none read).
+    pub async fn songs_metadata(
+        &self,
+        song_ids: &[&str],
+    ) -> Result<std::collections::HashMap<String, SongMetadata>, AppError> {
+        if song_ids.is_empty() {
+            return Ok(std::collections::HashMap::new());
+        }
+        self.within_timeout(timed(
+            "song_metadata",
+            catalog::read_metadata(&self.reader.client, song_ids),
+        ))
+        .await
     }
 
     /// The applied schema version, checking that ClickHouse answers.

@@ -1,9 +1,14 @@
 //! The play-event contract.
 //!
 //! A play event is one Kafka message, JSON, keyed by `user_id`:
-//! `{"event_id": "...", "user_id": "...", "song_id": "...", "ts": ...}`.
+//! `{"event_id": "...", "user_id": "...", "song_id": "...", "ts": ..., "region": "DE", "played_ms": 183000}`.
 //! Ids are non-empty strings of at most [`MAX_ID_BYTES`] bytes without control characters;
 //! `ts` is when the play happened, as epoch milliseconds (an integer) or an RFC 3339 string.
+//! Two fields are optional (absent or `null`: not known): `region`, where the play happened,
+//! an ISO 3166-1 alpha-2 code in upper case (`DE`, `BR`; an unassigned code such as `XX` is
+//! rejected), and `played_ms`, how long the song was played, a whole number of milliseconds
+//! from 0 up to [`MAX_PLAYED_MS`]. A user's own top songs count every valid play whatever
+//! these say; they matter to the charts only ([`PlayEvent::chart_eligible`]).
 //! Unknown extra fields are ignored. Anything else is rejected with a [`RejectReason`].
 
 use std::borrow::Cow;
@@ -18,6 +23,13 @@ use crate::window::{OutsideWindow, Window};
 /// The longest id accepted, in bytes.
 pub const MAX_ID_BYTES: usize = 128;
 
+/// The longest `played_ms` accepted: 24 hours. A longer "play" is a client bug.
+pub const MAX_PLAYED_MS: u64 = 24 * 3_600_000;
+
+/// The default shortest play that counts for the charts: 30 s, the threshold Spotify Charts
+/// and most royalty rules use for a stream.
+pub const DEFAULT_CHART_MIN_PLAYED_MS: u64 = 30_000;
+
 /// A valid play event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlayEvent {
@@ -26,6 +38,39 @@ pub struct PlayEvent {
     pub song_id: String,
     /// When the play happened, epoch milliseconds UTC.
     pub ts: i64,
+    /// Where the play happened: an assigned ISO 3166-1 alpha-2 code, upper case.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// How long the song was played, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub played_ms: Option<u64>,
+}
+
+impl PlayEvent {
+    /// A play of `song_id` by `user_id` at `ts` without the optional fields.
+    pub fn new(
+        event_id: impl Into<String>,
+        user_id: impl Into<String>,
+        song_id: impl Into<String>,
+        ts: i64,
+    ) -> Self {
+        Self {
+            event_id: event_id.into(),
+            user_id: user_id.into(),
+            song_id: song_id.into(),
+            ts,
+            region: None,
+            played_ms: None,
+        }
+    }
+
+    /// Whether the play counts for the charts: played for at least `min_played_ms`. A play
+    /// that does not say how long it was played (clients older than the field) counts, so
+    /// that charts do not go empty while clients upgrade; the personal top songs count every
+    /// valid play regardless.
+    pub fn chart_eligible(&self, min_played_ms: u64) -> bool {
+        self.played_ms.is_none_or(|played| played >= min_played_ms)
+    }
 }
 
 /// Why an event was not counted. `as_str` is the stable label used in metrics and in the
@@ -40,10 +85,12 @@ pub enum RejectReason {
     InvalidTs,
     TsInFuture,
     TsTooOld,
+    InvalidRegion,
+    InvalidPlayedMs,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 8] = [
+    pub const ALL: [RejectReason; 10] = [
         RejectReason::MalformedJson,
         RejectReason::MissingField,
         RejectReason::EmptyField,
@@ -52,6 +99,8 @@ impl RejectReason {
         RejectReason::InvalidTs,
         RejectReason::TsInFuture,
         RejectReason::TsTooOld,
+        RejectReason::InvalidRegion,
+        RejectReason::InvalidPlayedMs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -64,6 +113,8 @@ impl RejectReason {
             RejectReason::InvalidTs => "invalid_ts",
             RejectReason::TsInFuture => "ts_in_future",
             RejectReason::TsTooOld => "ts_too_old",
+            RejectReason::InvalidRegion => "invalid_region",
+            RejectReason::InvalidPlayedMs => "invalid_played_ms",
         }
     }
 
@@ -113,6 +164,12 @@ struct WireEvent<'a> {
     song_id: Option<Cow<'a, str>>,
     #[serde(default)]
     ts: Option<WireTs>,
+    /// `null` reads as absent; any JSON value is taken so that a wrong type is a reason of
+    /// its own, not `malformed_json`.
+    #[serde(default)]
+    region: Option<serde_json::Value>,
+    #[serde(default)]
+    played_ms: Option<serde_json::Value>,
 }
 
 enum WireTs {
@@ -198,12 +255,65 @@ pub fn parse_play_event(payload: &[u8], window: &Window) -> Result<PlayEvent, Re
             ),
         ),
     })?;
+    let region = wire.region.map(validate_region).transpose()?;
+    let played_ms = wire
+        .played_ms
+        .as_ref()
+        .map(validate_played_ms)
+        .transpose()?;
     Ok(PlayEvent {
         event_id,
         user_id,
         song_id,
         ts,
+        region,
+        played_ms,
     })
+}
+
+/// Checks a region code: two upper-case letters that ISO 3166-1 assigns to a country or
+/// territory. Shared with the API, which takes regions in queries.
+pub fn check_region(value: &str) -> Result<(), Rejection> {
+    let shaped = value.len() == 2 && value.bytes().all(|byte| byte.is_ascii_uppercase());
+    if !shaped {
+        return Err(Rejection::new(
+            RejectReason::InvalidRegion,
+            format!("region {value:?} is not an ISO 3166-1 alpha-2 code (two upper-case letters)"),
+        ));
+    }
+    isocountry::CountryCode::for_alpha2(value).map_err(|_| {
+        Rejection::new(
+            RejectReason::InvalidRegion,
+            format!("region {value:?} is not an assigned ISO 3166-1 alpha-2 code"),
+        )
+    })?;
+    Ok(())
+}
+
+fn validate_region(value: serde_json::Value) -> Result<String, Rejection> {
+    match value {
+        serde_json::Value::String(text) => check_region(&text).map(|()| text),
+        other => Err(Rejection::new(
+            RejectReason::InvalidRegion,
+            format!("region {other} is not a string"),
+        )),
+    }
+}
+
+fn validate_played_ms(value: &serde_json::Value) -> Result<u64, Rejection> {
+    let played = match value {
+        serde_json::Value::Number(number) => number.as_u64(),
+        _ => None,
+    };
+    match played {
+        Some(played) if played <= MAX_PLAYED_MS => Ok(played),
+        _ => Err(Rejection::new(
+            RejectReason::InvalidPlayedMs,
+            format!(
+                "played_ms {value} is not a whole number of milliseconds from 0 to {MAX_PLAYED_MS}"
+            ),
+        )),
+    }
 }
 
 /// Checks one id against the contract; shared with the API, which takes user ids in paths.
@@ -343,6 +453,83 @@ mod tests {
         for (payload, expected) in cases {
             assert_eq!(reject(&payload), expected, "{payload}");
         }
+    }
+
+    fn parse(payload: &str) -> PlayEvent {
+        parse_play_event(payload.as_bytes(), &window()).expect(payload)
+    }
+
+    #[test]
+    fn region_and_played_ms_are_optional_and_kept() {
+        let plain = parse(&format!(
+            r#"{{"event_id":"e","user_id":"u","song_id":"s","ts":{NOON_MS}}}"#
+        ));
+        assert_eq!((plain.region.as_deref(), plain.played_ms), (None, None));
+        let nulls = parse(&format!(
+            r#"{{"event_id":"e","user_id":"u","song_id":"s","ts":{NOON_MS},"region":null,"played_ms":null}}"#
+        ));
+        assert_eq!(nulls, plain);
+        let full = parse(&format!(
+            r#"{{"event_id":"e","user_id":"u","song_id":"s","ts":{NOON_MS},"region":"DE","played_ms":183000}}"#
+        ));
+        assert_eq!(
+            (full.region.as_deref(), full.played_ms),
+            (Some("DE"), Some(183_000))
+        );
+        // What the ingest writes and the archive keeps reads back the same.
+        let written = serde_json::to_string(&full).unwrap();
+        assert_eq!(parse(&written), full);
+        assert!(!serde_json::to_string(&plain).unwrap().contains("region"));
+    }
+
+    #[test]
+    fn bad_regions_and_play_lengths_are_rejected_with_their_reason() {
+        let with = |field: &str| {
+            format!(r#"{{"event_id":"e","user_id":"u","song_id":"s","ts":{NOON_MS},{field}}}"#)
+        };
+        for region in [
+            r#""de""#,
+            r#""DEU""#,
+            r#""XX""#,
+            r#""""#,
+            "49",
+            r#"["DE"]"#,
+            r#""D1""#,
+        ] {
+            assert_eq!(
+                reject(&with(&format!(r#""region":{region}"#))),
+                RejectReason::InvalidRegion,
+                "{region}"
+            );
+        }
+        for played in [
+            "-1",
+            "1.5",
+            r#""30000""#,
+            "true",
+            &(MAX_PLAYED_MS + 1).to_string(),
+        ] {
+            assert_eq!(
+                reject(&with(&format!(r#""played_ms":{played}"#))),
+                RejectReason::InvalidPlayedMs,
+                "{played}"
+            );
+        }
+        for region in ["GB", "BR", "JP", "US", "ZA"] {
+            check_region(region).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_play_is_chart_eligible_from_the_minimum_length_or_when_its_length_is_unknown() {
+        let mut play = PlayEvent::new("e", "u", "s", NOON_MS);
+        assert!(play.chart_eligible(DEFAULT_CHART_MIN_PLAYED_MS));
+        play.played_ms = Some(DEFAULT_CHART_MIN_PLAYED_MS - 1);
+        assert!(!play.chart_eligible(DEFAULT_CHART_MIN_PLAYED_MS));
+        play.played_ms = Some(DEFAULT_CHART_MIN_PLAYED_MS);
+        assert!(play.chart_eligible(DEFAULT_CHART_MIN_PLAYED_MS));
+        play.played_ms = Some(0);
+        assert!(play.chart_eligible(0));
     }
 
     #[test]

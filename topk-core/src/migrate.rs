@@ -70,6 +70,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_flush_commit_record_time.sql",
         sql: include_str!("../../sql/0007_flush_commit_record_time.sql"),
     },
+    Migration {
+        version: 8,
+        name: "0008_song_catalog.sql",
+        sql: include_str!("../../sql/0008_song_catalog.sql"),
+    },
 ];
 
 /// The suffix of a table a migration creates to replace the table of the name without it.

@@ -15,6 +15,10 @@ pub const COMMITTED_FLUSHES: &str = "committed_flushes";
 pub const DAILY_TOP: &str = "daily_top";
 pub const ROLLUP_PROGRESS: &str = "rollup_progress";
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
+/// The song catalog: one row per song per change (see [`SongRow`]).
+pub const SONGS: &str = "songs";
+/// Each song's current catalog entry (a view over [`SONGS`]).
+pub const SONGS_CURRENT: &str = "songs_current";
 
 /// How many songs the rollup keeps per user and day.
 pub const DAILY_TOP_SIZE: usize = 50;
@@ -35,6 +39,26 @@ pub struct MinuteRow {
     /// the row counts only while that flush is committed (see [`crate::committed`]).
     pub claim_id: u64,
     pub flush_seq: u64,
+}
+
+/// A song's catalog entry (`songs`): written by `topk-catalog load`, one row per song per
+/// change, the highest `version` current.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct SongRow {
+    pub song_id: String,
+    pub title: String,
+    pub artist_id: String,
+    pub artist_name: String,
+    /// `""` when not known.
+    pub album: String,
+    /// Lower case; `""` when not known.
+    pub genre: String,
+    /// 0 when not known.
+    pub duration_ms: u32,
+    /// The load that wrote the row (epoch milliseconds).
+    pub version: u64,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub loaded_at: DateTime<Utc>,
 }
 
 /// One claim of a Kafka partition by an aggregator (see `topk_core::claims`).

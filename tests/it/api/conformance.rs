@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use topk_core::schema::MinuteRow;
+use topk_core::schema::{MinuteRow, SongRow, SONGS};
 use topk_tests::process::ChildProcess;
 use topk_tests::stack;
 
@@ -104,6 +104,33 @@ async fn the_openapi_document_matches_the_server_under_schemathesis() {
         })
         .collect();
     topk_tests::committed::write_committed(&options, &rows).await;
+    // Half of the songs are in the catalog: `include=metadata` answers entries and nulls.
+    let mut insert = options
+        .client()
+        .insert::<SongRow>(SONGS)
+        .await
+        .expect("insert songs");
+    for song in (0..20).step_by(2) {
+        insert
+            .write(&SongRow {
+                song_id: format!("s{song}"),
+                title: format!("Title {song}"),
+                artist_id: "a1".to_owned(),
+                artist_name: "Artist".to_owned(),
+                album: if song % 4 == 0 {
+                    String::new()
+                } else {
+                    "Album".to_owned()
+                },
+                genre: "pop".to_owned(),
+                duration_ms: if song % 4 == 0 { 0 } else { 180_000 },
+                version: 1,
+                loaded_at: now,
+            })
+            .await
+            .expect("write song");
+    }
+    insert.end().await.expect("insert songs");
     let database = options.clickhouse_database.clone();
 
     let (mut open, port) = start_api(&database, "api-conformance-open", &[]).await;
