@@ -59,6 +59,12 @@ pub struct AggregatorConfig {
     /// counts once.
     #[arg(long, env = "TOPK_DEDUP_HORIZON_MS", default_value_t = 600_000)]
     pub dedup_horizon_ms: i64,
+    /// The shortest play (`played_ms`) that counts for the charts; a play that does not say
+    /// how long it was played counts. The users' own top songs count every play. Applies to
+    /// the plays counted from now on: keep it equal on every aggregator (and on `topk-rollup
+    /// restore`).
+    #[arg(long, env = "TOPK_CHART_MIN_PLAYED_MS", default_value_t = topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS)]
+    pub chart_min_played_ms: u64,
     /// Worker tasks that parse and count (partitions are spread over them);
     /// 0 means one per CPU core.
     #[arg(long, env = "TOPK_SHARDS", default_value_t = 0)]

@@ -128,6 +128,7 @@ pub async fn run(
         flush_interval: config.flush_interval(),
         max_buffer_rows: config.max_buffer_rows,
         dedup_horizon_ms: config.dedup_horizon_ms,
+        chart_min_played_ms: config.chart_min_played_ms,
         archive: config.archive,
         memory: memory.clone(),
         requests: requests_sender,

@@ -122,6 +122,7 @@ impl PartitionState {
         claim: &Claim,
         generation: u64,
         dedup_horizon_ms: i64,
+        chart_min_played_ms: u64,
         archive: bool,
     ) -> Self {
         let resume = &claim.resume;
@@ -138,7 +139,7 @@ impl PartitionState {
                 offset,
                 watermark_ms: resume.watermark_ms,
             }),
-            buffer: MinuteBuffer::default(),
+            buffer: MinuteBuffer::new(chart_min_played_ms),
             dead_letters: Vec::new(),
             dead_letter_bytes: 0,
             raw_records: archive.then(Vec::new),
@@ -405,7 +406,7 @@ mod tests {
             read_from: Some(0),
             watermark_ms: 1_000,
         };
-        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, 30_000, false);
         let flush = state
             .take_flush("plays", "group", "worker", true)
             .expect("a release always commits");
@@ -424,7 +425,7 @@ mod tests {
             read_from: Some(1),
             watermark_ms: i64::MIN,
         };
-        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, true);
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, 30_000, true);
         let outcomes: Vec<Outcome> = [
             record(0, "a", ts), // below the replay point: Kafka delivered it anyway
             record(1, "b", ts),
@@ -486,7 +487,7 @@ mod tests {
             read_from: Some(10),
             watermark_ms: i64::MIN,
         };
-        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, 30_000, false);
         assert_eq!(
             state.process(record(10, "a", ts), &dead_letters),
             Outcome::Counted
@@ -520,7 +521,7 @@ mod tests {
             read_from: None,
             watermark_ms: i64::MIN,
         };
-        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, false);
+        let mut state = PartitionState::resume(0, &claim(resume), 0, 600_000, 30_000, false);
         let record_time = Utc::now().timestamp_millis() - 3_600_000;
         let mut ahead = record(0, "a", record_time + 6 * 60_000);
         ahead.raw.timestamp_ms = Some(record_time);

@@ -106,6 +106,8 @@ pub struct ShardSettings {
     pub flush_interval: Duration,
     pub max_buffer_rows: usize,
     pub dedup_horizon_ms: i64,
+    /// The shortest play that counts for the charts.
+    pub chart_min_played_ms: u64,
     /// Whether records are kept for the archive.
     pub archive: bool,
     /// Per-shard memory estimates, summed by the polling thread for the budget.
@@ -200,6 +202,7 @@ impl Shard {
                             &claim,
                             generation,
                             self.settings.dedup_horizon_ms,
+                            self.settings.chart_min_played_ms,
                             self.settings.archive,
                         ),
                     );

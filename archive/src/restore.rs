@@ -55,6 +55,19 @@ pub type MinuteKey = (String, String, i64);
 /// Plays per minute key.
 pub type MinuteCounts = BTreeMap<MinuteKey, u64>;
 
+/// The key of one restored `plays_minute` row: a [`MinuteKey`] and the region (`""`: not said).
+pub type RowKey = (String, String, i64, String);
+
+/// A restored row's plays and its chart-eligible plays.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RowTally {
+    pub plays: u64,
+    pub chart_plays: u64,
+}
+
+/// Plays per row key.
+pub type RowCounts = BTreeMap<RowKey, RowTally>;
+
 /// The object dates whose segments can hold the events of `event_days` (see module docs).
 pub fn object_dates_for(event_days: &RangeInclusive<NaiveDate>) -> RangeInclusive<NaiveDate> {
     let first = event_days
@@ -78,6 +91,8 @@ pub struct RebuildRequest {
     pub event_days: RangeInclusive<NaiveDate>,
     /// The aggregator's duplicate horizon.
     pub dedup_horizon_ms: i64,
+    /// The aggregators' `--chart-min-played-ms`: the shortest play that counts for the charts.
+    pub chart_min_played_ms: u64,
     /// The last offset to count per partition (inclusive); partitions absent from the map
     /// count nothing. Pass what the aggregator had committed (the restore's claims resume
     /// there) so the restored table holds exactly what the aggregator had counted: records
@@ -96,6 +111,7 @@ impl RebuildRequest {
             object_dates: object_dates_for(&event_days),
             event_days,
             dedup_horizon_ms: DEFAULT_DEDUP_HORIZON_MS,
+            chart_min_played_ms: topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS,
             counted_up_to: None,
         }
     }
@@ -104,7 +120,7 @@ impl RebuildRequest {
 /// What the replay of one partition found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PartitionMinutes {
-    pub counts: MinuteCounts,
+    pub counts: RowCounts,
     /// The highest offset replayed: the `flush_offset` of the partition's restored rows.
     pub last_offset: Option<i64>,
     pub segments_read: usize,
@@ -131,6 +147,7 @@ pub struct PartitionReplay {
     deduplicator: Deduplicator,
     event_days: RangeInclusive<NaiveDate>,
     counted_up_to: Option<i64>,
+    chart_min_played_ms: u64,
     minutes: PartitionMinutes,
 }
 
@@ -138,12 +155,14 @@ impl PartitionReplay {
     pub fn new(
         event_days: RangeInclusive<NaiveDate>,
         dedup_horizon_ms: i64,
+        chart_min_played_ms: u64,
         counted_up_to: Option<i64>,
     ) -> Self {
         Self {
             deduplicator: Deduplicator::new(dedup_horizon_ms),
             event_days,
             counted_up_to,
+            chart_min_played_ms,
             minutes: PartitionMinutes::default(),
         }
     }
@@ -185,11 +204,20 @@ impl PartitionReplay {
             return;
         }
         self.minutes.plays += 1;
-        *self
+        let chart = event.chart_eligible(self.chart_min_played_ms);
+        let minute = minute_bucket_secs(event.ts);
+        let tally = self
             .minutes
             .counts
-            .entry((event.user_id, event.song_id, minute_bucket_secs(event.ts)))
-            .or_default() += 1;
+            .entry((
+                event.user_id,
+                event.song_id,
+                minute,
+                event.region.unwrap_or_default(),
+            ))
+            .or_default();
+        tally.plays += 1;
+        tally.chart_plays += u64::from(chart);
     }
 
     pub fn finish(mut self) -> PartitionMinutes {
@@ -214,8 +242,10 @@ impl RebuiltMinutes {
     pub fn totals(&self) -> MinuteCounts {
         let mut totals = MinuteCounts::new();
         for minutes in self.partitions.values() {
-            for (key, plays) in &minutes.counts {
-                *totals.entry(key.clone()).or_default() += plays;
+            for ((user_id, song_id, minute, _), tally) in &minutes.counts {
+                *totals
+                    .entry((user_id.clone(), song_id.clone(), *minute))
+                    .or_default() += tally.plays;
             }
         }
         totals
@@ -236,7 +266,7 @@ impl RebuiltMinutes {
                 continue;
             };
             let flush_offset = minutes.last_offset.unwrap_or(0).max(0) as u64;
-            for ((user_id, song_id, minute_secs), plays) in &minutes.counts {
+            for ((user_id, song_id, minute_secs, region), tally) in &minutes.counts {
                 let minute = DateTime::<Utc>::from_timestamp(*minute_secs, 0)
                     .expect("minute of a parsed event is a valid time");
                 if minute.date_naive() != day {
@@ -246,12 +276,14 @@ impl RebuiltMinutes {
                     user_id: user_id.clone(),
                     song_id: song_id.clone(),
                     minute,
-                    plays: *plays,
+                    plays: tally.plays,
                     topic: self.topic.clone(),
                     kafka_partition: *partition as u32,
                     flush_offset,
                     claim_id: commit.claim_id,
                     flush_seq: RESTORE_FLUSH_SEQ,
+                    region: region.clone(),
+                    chart_plays: tally.chart_plays,
                 });
             }
         }
@@ -294,6 +326,7 @@ pub async fn rebuild_minute_counts(
         let mut replay = PartitionReplay::new(
             request.event_days.clone(),
             request.dedup_horizon_ms,
+            request.chart_min_played_ms,
             counted_up_to,
         );
         let mut batches = std::pin::pin!(reader.partition_records(&plan));
@@ -391,7 +424,7 @@ pub async fn restore_days(
                     minutes
                         .counts
                         .keys()
-                        .any(|(_, _, minute)| utc_day_of_ms(minute * 1000) == Some(*day))
+                        .any(|(_, _, minute, _)| utc_day_of_ms(minute * 1000) == Some(*day))
                 })
             })
             .map(topk_core::window::day_number)
@@ -744,7 +777,12 @@ mod tests {
         };
         for (partition, records) in partitions.iter().enumerate() {
             let limit = limits.map(|limits| limits.get(&(partition as i32)).copied().unwrap_or(-1));
-            let mut replay = PartitionReplay::new(days.clone(), DEFAULT_DEDUP_HORIZON_MS, limit);
+            let mut replay = PartitionReplay::new(
+                days.clone(),
+                DEFAULT_DEDUP_HORIZON_MS,
+                topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS,
+                limit,
+            );
             records.iter().for_each(|record| replay.observe(record));
             rebuilt.partitions.insert(partition as i32, replay.finish());
         }

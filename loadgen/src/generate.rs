@@ -210,6 +210,38 @@ pub fn expected_minute_counts(messages: &[GeneratedMessage]) -> MinuteCounts {
     counts
 }
 
+/// Plays and chart-eligible plays per (user, song, minute start in epoch seconds, region):
+/// what the committed `plays_minute` rows sum to per key (`region` `""` when not said).
+pub type RowCounts = BTreeMap<(String, String, i64, String), (u64, u64)>;
+
+/// The brute-force oracle of the charts' side: per (user, song, minute, region), the valid,
+/// distinct events and those of them played at least `chart_min_played_ms` (or of unknown
+/// length).
+pub fn expected_row_counts(messages: &[GeneratedMessage], chart_min_played_ms: u64) -> RowCounts {
+    let mut seen_event_ids: HashSet<&str> = HashSet::new();
+    let mut counts = RowCounts::new();
+    for message in messages {
+        let Truth::Valid(event) = &message.truth else {
+            continue;
+        };
+        if !seen_event_ids.insert(&event.event_id) {
+            continue;
+        }
+        let minute = minute_bucket_secs(event.ts);
+        let entry = counts
+            .entry((
+                event.user_id.clone(),
+                event.song_id.clone(),
+                minute,
+                event.region.clone().unwrap_or_default(),
+            ))
+            .or_default();
+        entry.0 += 1;
+        entry.1 += u64::from(event.chart_eligible(chart_min_played_ms));
+    }
+    counts
+}
+
 /// Counts one play in its (user, song, minute) row.
 pub fn count_play(counts: &mut MinuteCounts, user_id: &str, song_id: &str, ts_ms: i64) {
     let key = (

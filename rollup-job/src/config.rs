@@ -113,6 +113,10 @@ pub enum RollupCommand {
         /// The aggregator's duplicate horizon (ms of event time), so the replay decides alike.
         #[arg(long, env = "TOPK_DEDUP_HORIZON_MS", default_value_t = 600_000)]
         dedup_horizon_ms: i64,
+        /// The aggregators' shortest play that counts for the charts, so the replay decides
+        /// alike.
+        #[arg(long, env = "TOPK_CHART_MIN_PLAYED_MS", default_value_t = topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS)]
+        chart_min_played_ms: u64,
         /// The aggregators' consumer group, for the restore's claims when the database has
         /// none yet (otherwise the group found there is used).
         #[arg(long, env = "TOPK_KAFKA_GROUP_ID", default_value = "topk-aggregator")]

@@ -262,6 +262,7 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
             to,
             plays_topic,
             dedup_horizon_ms,
+            chart_min_played_ms,
             kafka_group_id,
             force,
         } => {
@@ -270,6 +271,7 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
                 from,
                 to,
                 dedup_horizon_ms,
+                chart_min_played_ms,
                 consumer_group: kafka_group_id,
                 force,
             };

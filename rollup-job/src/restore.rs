@@ -39,6 +39,8 @@ pub struct RestoreRequest {
     pub from: NaiveDate,
     pub to: NaiveDate,
     pub dedup_horizon_ms: i64,
+    /// The aggregators' `--chart-min-played-ms`.
+    pub chart_min_played_ms: u64,
     /// The consumer group of the restore's claims when the database has none yet.
     pub consumer_group: String,
     /// Restore even though aggregators look active.
@@ -88,6 +90,7 @@ pub async fn restore(
     };
     let mut rebuild = RebuildRequest::new(&request.topic, request.from..=request.to);
     rebuild.dedup_horizon_ms = request.dedup_horizon_ms;
+    rebuild.chart_min_played_ms = request.chart_min_played_ms;
     // Claimed before the replay, so nothing is committed past the offsets it counts up to.
     let mut commits: BTreeMap<i32, RestoreCommit> = if job.dry_run {
         committed

@@ -73,6 +73,8 @@ async fn load_day(options: &topk_core::db::ClickHouseOptions, day: NaiveDate, ro
             flush_offset: index,
             claim_id: claims[(index % 8) as usize].claim_id,
             flush_seq: 1,
+            region: String::new(),
+            chart_plays: 0,
         };
         insert.write(&row).await.unwrap();
     }

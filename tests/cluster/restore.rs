@@ -78,6 +78,7 @@ async fn a_restore_on_the_cluster_rebuilds_every_shard_and_replica_from_the_arch
         from: window.from.date_naive(),
         to: window.today(),
         dedup_horizon_ms: 600_000,
+        chart_min_played_ms: topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS,
         consumer_group: pipeline.group.clone(),
         force: true,
     };

@@ -133,6 +133,41 @@ async fn migrations_lay_the_schema_out_on_every_node_of_the_cluster() {
             .unwrap_or_else(|error| panic!("plays_minute_committed on {url}: {error}"));
         assert_eq!(committed, 0);
     }
+
+    // The song catalog, loaded through node 1 by `topk-catalog`, is on every node.
+    let file = std::env::temp_dir().join("topk_test_cluster_catalog.csv");
+    std::fs::write(
+        &file,
+        "song_id,title,artist_id,artist_name\ns1,One,a1,A\ns2,Two,a1,A\ns3,Three,a2,B\n",
+    )
+    .unwrap();
+    let load = std::process::Command::new(topk_tests::process::binary_path("topk-catalog"))
+        .arg("load")
+        .arg(&file)
+        .env("TOPK_CLICKHOUSE_URL", &urls[0])
+        .env("TOPK_CLICKHOUSE_DATABASE", database)
+        .env("TOPK_CLICKHOUSE_CLUSTER", CLUSTER)
+        .output()
+        .expect("run topk-catalog");
+    assert!(
+        load.status.success(),
+        "{}",
+        String::from_utf8_lossy(&load.stderr)
+    );
+    for url in &urls {
+        let client = node(url, database).client();
+        client
+            .query("SYSTEM SYNC REPLICA songs")
+            .execute()
+            .await
+            .unwrap_or_else(|error| panic!("sync songs on {url}: {error}"));
+        let titles: Vec<String> = client
+            .query("SELECT title FROM songs_current ORDER BY song_id")
+            .fetch_all()
+            .await
+            .unwrap_or_else(|error| panic!("songs_current on {url}: {error}"));
+        assert_eq!(titles, ["One", "Two", "Three"], "the catalog on {url}");
+    }
 }
 
 #[derive(Debug, Row, Deserialize)]

@@ -164,6 +164,8 @@ fn minute_rows(rng: &mut StdRng, counts: &Counts) -> Vec<MinuteRow> {
                     flush_offset: rng.random_range(0..1_000_000),
                     claim_id: 0,
                     flush_seq: 0,
+                    region: String::new(),
+                    chart_plays: 0,
                 });
                 if rng.random_bool(0.5) {
                     minute = rng.random_range(0..minutes_in_day);

@@ -331,8 +331,9 @@ async fn all_rows(clickhouse: &ClickHouseOptions) -> Vec<MinuteRow> {
         .client()
         .query(
             "SELECT user_id, song_id, minute, plays, topic, kafka_partition, flush_offset, \
-             toUInt64(0) AS claim_id, toUInt64(0) AS flush_seq FROM plays_minute_committed \
-             ORDER BY user_id, song_id, minute, kafka_partition, plays",
+             toUInt64(0) AS claim_id, toUInt64(0) AS flush_seq, region, chart_plays \
+             FROM plays_minute_committed \
+             ORDER BY user_id, song_id, minute, kafka_partition, region, plays",
         )
         .fetch_all()
         .await

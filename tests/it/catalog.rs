@@ -237,6 +237,8 @@ async fn the_api_answers_songs_and_top_lists_with_their_metadata() {
             flush_offset: 1,
             claim_id: 0,
             flush_seq: 0,
+            region: String::new(),
+            chart_plays: 0,
         })
         .collect();
     topk_tests::committed::write_committed(&options, &rows).await;

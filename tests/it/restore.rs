@@ -52,6 +52,8 @@ async fn truncated_tables_are_rebuilt_from_the_archive() {
     assert!(rolled.iter().any(|outcome| !outcome.failed()));
 
     let counts_before = pipeline.minute_counts().await;
+    let rows_before = pipeline.row_counts().await;
+    pipeline.assert_rows_equal(&messages, &aggregator).await;
     let daily_before = daily_top(&pipeline).await;
     let answers_before = api_answers(&pipeline).await;
     assert!(!daily_before.is_empty() && !counts_before.is_empty());
@@ -78,6 +80,7 @@ async fn truncated_tables_are_rebuilt_from_the_archive() {
         from: window.from.date_naive(),
         to: window.today(),
         dedup_horizon_ms: 600_000,
+        chart_min_played_ms: topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS,
         consumer_group: pipeline.group.clone(),
         force: false,
     };
@@ -111,6 +114,10 @@ async fn truncated_tables_are_rebuilt_from_the_archive() {
         assert!(
             pipeline.minute_counts().await == counts_before,
             "minute counts after restore {attempt}"
+        );
+        assert!(
+            pipeline.row_counts().await == rows_before,
+            "regions and chart plays after restore {attempt}"
         );
         assert!(
             daily_top(&pipeline).await == daily_before,

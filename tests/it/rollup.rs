@@ -70,6 +70,8 @@ fn generate_day(rng: &mut StdRng, day: NaiveDate, users: usize) -> Vec<MinuteRow
                     flush_offset: rng.random_range(0..1_000_000),
                     claim_id: 0,
                     flush_seq: 0,
+                    region: String::new(),
+                    chart_plays: 0,
                 });
                 if rng.random_bool(0.7) {
                     minute = day_start(day) + chrono::Duration::minutes(rng.random_range(0..1440));
@@ -335,6 +337,8 @@ async fn late_minute_rows_are_picked_up_by_the_next_run() {
             flush_offset: 2_000_000,
             claim_id: 0,
             flush_seq: 0,
+            region: String::new(),
+            chart_plays: 0,
         })
         .collect();
     insert(&options, &late).await;

@@ -12,7 +12,9 @@ use serde::Deserialize;
 use topk_core::coordination::Coordinator;
 use topk_core::db::ClickHouseOptions;
 use topk_core::keeper::KeeperOptions;
-use topk_loadgen::generate::{GeneratedMessage, MinuteCounts};
+use topk_loadgen::generate::{
+    expected_minute_counts, expected_row_counts, GeneratedMessage, MinuteCounts, RowCounts,
+};
 
 use crate::process::ChildProcess;
 use crate::stack;
@@ -329,6 +331,39 @@ impl Pipeline {
             .collect()
     }
 
+    /// Per-(user, song, minute, region) sums of the committed minute rows: plays and
+    /// chart-eligible plays (what the charts count).
+    pub async fn row_counts(&self) -> RowCounts {
+        #[derive(Row, Deserialize)]
+        struct Sum {
+            user_id: String,
+            song_id: String,
+            minute: u32,
+            region: String,
+            plays: u64,
+            chart_plays: u64,
+        }
+        let rows: Vec<Sum> = self
+            .clickhouse
+            .client()
+            .query(
+                "SELECT user_id, song_id, toUInt32(minute) AS minute, region, sum(plays) AS plays, \
+                 sum(chart_plays) AS chart_plays \
+                 FROM plays_minute_committed GROUP BY user_id, song_id, minute, region",
+            )
+            .fetch_all()
+            .await
+            .expect("read minute sums per region");
+        rows.into_iter()
+            .map(|row| {
+                (
+                    (row.user_id, row.song_id, i64::from(row.minute), row.region),
+                    (row.plays, row.chart_plays),
+                )
+            })
+            .collect()
+    }
+
     /// Every message on the dead-letter topic: payload and headers.
     pub fn dead_letters(&self, expected: usize, timeout: Duration) -> Vec<DeadLetter> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -402,6 +437,42 @@ impl Pipeline {
             .await
             .expect("list archive segments");
         (reader, segments)
+    }
+
+    /// Asserts the committed rows hold exactly the valid, distinct plays of `messages`: the
+    /// users' per-minute counts ([`Self::assert_counts_equal`]) and, per region, the plays and
+    /// the chart-eligible plays (the aggregator's default `--chart-min-played-ms`).
+    pub async fn assert_rows_equal(
+        &self,
+        messages: &[GeneratedMessage],
+        aggregator: &ChildProcess,
+    ) {
+        self.assert_counts_equal(&expected_minute_counts(messages), aggregator)
+            .await;
+        let expected = expected_row_counts(messages, topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS);
+        let actual = self.row_counts().await;
+        if expected == actual {
+            return;
+        }
+        let mut lines = Vec::new();
+        for key in expected
+            .keys()
+            .chain(actual.keys().filter(|key| !expected.contains_key(*key)))
+        {
+            let want = expected.get(key).copied().unwrap_or_default();
+            let got = actual.get(key).copied().unwrap_or_default();
+            if want != got {
+                lines.push(format!(
+                    "{key:?}: expected (plays, chart plays) {want:?}, got {got:?}"
+                ));
+            }
+        }
+        panic!(
+            "{} region/chart keys differ; first: {}\n{}",
+            lines.len(),
+            lines.into_iter().take(5).collect::<Vec<_>>().join("; "),
+            aggregator.log_tail(30)
+        );
     }
 
     /// Asserts ClickHouse's per-minute sums equal `expected`, showing the differences and

@@ -75,6 +75,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_song_catalog.sql",
         sql: include_str!("../../sql/0008_song_catalog.sql"),
     },
+    Migration {
+        version: 9,
+        name: "0009_chart_plays.sql",
+        sql: include_str!("../../sql/0009_chart_plays.sql"),
+    },
 ];
 
 /// The suffix of a table a migration creates to replace the table of the name without it.

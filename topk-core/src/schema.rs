@@ -39,6 +39,10 @@ pub struct MinuteRow {
     /// the row counts only while that flush is committed (see [`crate::committed`]).
     pub claim_id: u64,
     pub flush_seq: u64,
+    /// Where the plays happened (ISO 3166-1 alpha-2), `""` when the events did not say.
+    pub region: String,
+    /// How many of `plays` count for the charts ([`crate::event::PlayEvent::chart_eligible`]).
+    pub chart_plays: u64,
 }
 
 /// A song's catalog entry (`songs`): written by `topk-catalog load`, one row per song per

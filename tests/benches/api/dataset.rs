@@ -134,6 +134,8 @@ pub async fn load(
                         flush_offset: 0,
                         claim_id: claim.claim_id,
                         flush_seq: 1,
+                        region: String::new(),
+                        chart_plays: 0,
                     })
                     .await?;
                 minute_rows += 1;

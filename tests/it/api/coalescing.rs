@@ -155,6 +155,8 @@ async fn plays_today(options: &ClickHouseOptions, users: &[String]) {
             flush_offset: 0,
             claim_id: 0,
             flush_seq: 0,
+            region: String::new(),
+            chart_plays: 0,
         })
         .collect();
     topk_tests::committed::write_committed(options, &rows).await;

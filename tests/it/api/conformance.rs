@@ -101,6 +101,8 @@ async fn the_openapi_document_matches_the_server_under_schemathesis() {
             flush_offset: 1,
             claim_id: 0,
             flush_seq: 0,
+            region: String::new(),
+            chart_plays: 0,
         })
         .collect();
     topk_tests::committed::write_committed(&options, &rows).await;

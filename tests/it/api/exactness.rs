@@ -30,6 +30,8 @@ pub(super) fn rows_of(counts: &MinuteCounts) -> Vec<MinuteRow> {
             flush_offset: 0,
             claim_id: 0,
             flush_seq: 0,
+            region: String::new(),
+            chart_plays: 0,
         })
         .collect()
 }

@@ -258,6 +258,8 @@ async fn serves_a_socket_with_the_system_clock_and_drains_on_shutdown() {
         flush_offset: 1,
         claim_id: 0,
         flush_seq: 0,
+        region: String::new(),
+        chart_plays: 0,
     };
     topk_tests::committed::write_committed(&options, &[row]).await;
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -374,6 +376,8 @@ fn play_now(user: &str, song: &str, plays: u64) -> MinuteRow {
         flush_offset: 1,
         claim_id: 0,
         flush_seq: 0,
+        region: String::new(),
+        chart_plays: 0,
     }
 }
 
