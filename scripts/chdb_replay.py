@@ -22,9 +22,11 @@ import chdb
 from chdb import session as chdb_session
 
 
-def migration_statements(sql_dir):
-    statements = []
+def migration_files(sql_dir):
+    """The statements of each migration file, in order."""
+    files = []
     for path in sorted(Path(sql_dir).glob("[0-9]*.sql")):
+        statements = []
         current = []
         for line in path.read_text().splitlines():
             trimmed = line.strip()
@@ -36,7 +38,16 @@ def migration_statements(sql_dir):
                 current = []
         if current:
             statements.append("\n".join(current).strip())
-    return statements
+        files.append(statements)
+    return files
+
+
+REBUILT_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS\s+`?(\w+)_rebuilt`?", re.IGNORECASE)
+
+
+def rebuilt_tables(statements):
+    """The tables a migration file rebuilds (topk_core::migrate: `<table>_rebuilt`)."""
+    return [m.group(1) for m in map(REBUILT_TABLE.match, statements) if m]
 
 
 def normalized(sql):
@@ -64,8 +75,19 @@ def main():
         sys.exit(__doc__)
     log_path, database, sql_dir = sys.argv[1:]
     rows = [json.loads(line) for line in Path(log_path).read_text().splitlines() if line]
-    migrations = migration_statements(sql_dir)
-    migration_texts = {normalized(statement) for statement in migrations}
+    files = migration_files(sql_dir)
+    migration_texts = {normalized(statement) for statements in files for statement in statements}
+    # The runner rebuilds a table right after the file that creates `<table>_rebuilt`, before
+    # the next file; its logged statements (copy, renames, drop) are replayed there too.
+    rebuild_rows = {}
+    for statements in files:
+        for table in rebuilt_tables(statements):
+            rebuild_rows[table] = [
+                index
+                for index, row in enumerate(rows)
+                if normalized(row["query"]) not in migration_texts
+                and (f"{table}_rebuilt" in row["query"] or f"{table}_before_rebuild" in row["query"])
+            ]
 
     workdir = tempfile.mkdtemp(prefix="topk-chdb-")
     sess = chdb_session.Session(workdir)
@@ -84,18 +106,30 @@ def main():
         pass
 
     failures = []
-    for statement in migrations:
-        try:
-            sess.query(statement)
-        except Exception as error:  # chDB raises its own error types
-            failures.append(("migration", statement, str(error)))
+    replayed = 0
+    in_rebuild = set()
+    for statements in files:
+        for statement in statements:
+            try:
+                sess.query(statement)
+            except Exception as error:  # chDB raises its own error types
+                failures.append(("migration", statement, str(error)))
+        for table in rebuilt_tables(statements):
+            for index in rebuild_rows[table]:
+                in_rebuild.add(index)
+                try:
+                    sess.query(replayable(rows[index]["query"]))
+                    replayed += 1
+                except Exception as error:  # chDB raises its own error types
+                    failures.append((rows[index]["at"], rows[index]["query"], str(error)))
 
     logged = 0
     skipped = 0
-    replayed = 0
-    for row in rows:
+    for index, row in enumerate(rows):
         sql = row["query"]
         logged += 1
+        if index in in_rebuild:
+            continue
         if normalized(sql) in migration_texts:
             skipped += 1
             continue
