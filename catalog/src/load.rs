@@ -15,13 +15,11 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use clickhouse::Row;
-use serde::Deserialize;
-use topk_core::schema::{SongRow, SONGS, SONGS_CURRENT};
+use topk_core::schema::{SongRow, SONGS, SONGS_CURRENT, SONG_ENTRY_COLUMNS};
 
 use crate::config::LoadOptions;
 use crate::error::CatalogError;
-use crate::song::Song;
+use crate::song::{fingerprint, Song};
 use crate::source::{Line, SongSource};
 
 /// The schema version that adds the catalog.
@@ -105,17 +103,6 @@ pub fn print_progress(progress: &Progress) {
     );
 }
 
-#[derive(Debug, Row, Deserialize)]
-struct CurrentSong {
-    song_id: String,
-    title: String,
-    artist_id: String,
-    artist_name: String,
-    album: String,
-    genre: String,
-    duration_ms: u32,
-}
-
 /// Loads `options.file` into the catalog behind `client`.
 pub async fn load(
     client: &clickhouse::Client,
@@ -186,7 +173,7 @@ pub async fn load(
                 }
             }
             Ok(song) => match current.get(&song.song_id) {
-                Some(fingerprint) if *fingerprint == song.fingerprint() => report.unchanged += 1,
+                Some(current) if *current == fingerprint(&song) => report.unchanged += 1,
                 known => {
                     if known.is_some() {
                         report.changed += 1;
@@ -263,10 +250,8 @@ async fn current_fingerprints(
     client: &clickhouse::Client,
 ) -> Result<HashMap<String, [u8; 16]>, CatalogError> {
     let mut cursor = client
-        .query(&format!(
-            "SELECT song_id, title, artist_id, artist_name, album, genre, duration_ms FROM {SONGS_CURRENT}"
-        ))
-        .fetch::<CurrentSong>()
+        .query(&format!("SELECT {SONG_ENTRY_COLUMNS} FROM {SONGS_CURRENT}"))
+        .fetch::<Song>()
         .map_err(CatalogError::clickhouse("reading the current catalog"))?;
     let mut fingerprints = HashMap::new();
     while let Some(entry) = cursor
@@ -274,16 +259,7 @@ async fn current_fingerprints(
         .await
         .map_err(CatalogError::clickhouse("reading the current catalog"))?
     {
-        let song = Song {
-            song_id: entry.song_id,
-            title: entry.title,
-            artist_id: entry.artist_id,
-            artist_name: entry.artist_name,
-            album: entry.album,
-            genre: entry.genre,
-            duration_ms: entry.duration_ms,
-        };
-        fingerprints.insert(song.song_id.clone(), song.fingerprint());
+        fingerprints.insert(entry.song_id.clone(), fingerprint(&entry));
     }
     Ok(fingerprints)
 }

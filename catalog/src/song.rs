@@ -18,39 +18,28 @@ pub const MAX_TEXT_BYTES: usize = 1024;
 pub const MAX_DURATION_MS: u64 = 24 * 3_600_000;
 
 /// A checked catalog entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Song {
-    pub song_id: String,
-    pub title: String,
-    pub artist_id: String,
-    pub artist_name: String,
-    pub album: String,
-    pub genre: String,
-    pub duration_ms: u32,
-}
+pub use topk_core::schema::SongEntry as Song;
 
-impl Song {
-    /// A digest of every field: two entries with the same fingerprint are the same entry.
-    pub fn fingerprint(&self) -> [u8; 16] {
-        let mut hasher = Sha256::new();
-        for field in [
-            &self.song_id,
-            &self.title,
-            &self.artist_id,
-            &self.artist_name,
-            &self.album,
-            &self.genre,
-        ] {
-            // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
-            hasher.update((field.len() as u64).to_le_bytes());
-            hasher.update(field.as_bytes());
-        }
-        hasher.update(self.duration_ms.to_le_bytes());
-        let digest = hasher.finalize();
-        let mut fingerprint = [0; 16];
-        fingerprint.copy_from_slice(&digest[..16]);
-        fingerprint
+/// A digest of every field of `song`: two entries with the same fingerprint are the same entry.
+pub fn fingerprint(song: &Song) -> [u8; 16] {
+    let mut hasher = Sha256::new();
+    for field in [
+        &song.song_id,
+        &song.title,
+        &song.artist_id,
+        &song.artist_name,
+        &song.album,
+        &song.genre,
+    ] {
+        // Length-prefixed, so ("ab", "c") and ("a", "bc") differ.
+        hasher.update((field.len() as u64).to_le_bytes());
+        hasher.update(field.as_bytes());
     }
+    hasher.update(song.duration_ms.to_le_bytes());
+    let digest = hasher.finalize();
+    let mut fingerprint = [0; 16];
+    fingerprint.copy_from_slice(&digest[..16]);
+    fingerprint
 }
 
 /// The fields of one line, by column name, as JSON values (a CSV cell is a string).
@@ -219,11 +208,11 @@ mod tests {
         let mut moved = song.clone();
         moved.title = "a".into();
         moved.artist_name = "bc".into();
-        assert_ne!(song.fingerprint(), moved.fingerprint());
+        assert_ne!(fingerprint(&song), fingerprint(&moved));
         let mut longer = song.clone();
         longer.duration_ms = 2;
-        assert_ne!(song.fingerprint(), longer.fingerprint());
+        assert_ne!(fingerprint(&song), fingerprint(&longer));
         longer.duration_ms = 1;
-        assert_eq!(song.fingerprint(), longer.fingerprint());
+        assert_eq!(fingerprint(&song), fingerprint(&longer));
     }
 }

@@ -194,17 +194,21 @@ fn malformed_payload(
     text.into_bytes()
 }
 
+/// The events that count, in order: the valid ones, each `event_id` once (its first delivery).
+pub fn counted_events(messages: &[GeneratedMessage]) -> impl Iterator<Item = &PlayEvent> {
+    let mut seen_event_ids: HashSet<&str> = HashSet::new();
+    messages
+        .iter()
+        .filter_map(move |message| match &message.truth {
+            Truth::Valid(event) if seen_event_ids.insert(&event.event_id) => Some(event),
+            _ => None,
+        })
+}
+
 /// The brute-force oracle: per-minute counts of the valid, distinct events.
 pub fn expected_minute_counts(messages: &[GeneratedMessage]) -> MinuteCounts {
-    let mut seen_event_ids: HashSet<&str> = HashSet::new();
     let mut counts = MinuteCounts::new();
-    for message in messages {
-        let Truth::Valid(event) = &message.truth else {
-            continue;
-        };
-        if !seen_event_ids.insert(&event.event_id) {
-            continue;
-        }
+    for event in counted_events(messages) {
         count_play(&mut counts, &event.user_id, &event.song_id, event.ts);
     }
     counts
@@ -218,21 +222,13 @@ pub type RowCounts = BTreeMap<(String, String, i64, String), (u64, u64)>;
 /// distinct events and those of them played at least `chart_min_played_ms` (or of unknown
 /// length).
 pub fn expected_row_counts(messages: &[GeneratedMessage], chart_min_played_ms: u64) -> RowCounts {
-    let mut seen_event_ids: HashSet<&str> = HashSet::new();
     let mut counts = RowCounts::new();
-    for message in messages {
-        let Truth::Valid(event) = &message.truth else {
-            continue;
-        };
-        if !seen_event_ids.insert(&event.event_id) {
-            continue;
-        }
-        let minute = minute_bucket_secs(event.ts);
+    for event in counted_events(messages) {
         let entry = counts
             .entry((
                 event.user_id.clone(),
                 event.song_id.clone(),
-                minute,
+                minute_bucket_secs(event.ts),
                 event.region.clone().unwrap_or_default(),
             ))
             .or_default();

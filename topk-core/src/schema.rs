@@ -45,6 +45,26 @@ pub struct MinuteRow {
     pub chart_plays: u64,
 }
 
+/// A song's catalog entry as `songs_current` holds it (the loader compares with it, the API
+/// answers it); [`SongRow`] is the same with the load that wrote it.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct SongEntry {
+    pub song_id: String,
+    pub title: String,
+    pub artist_id: String,
+    pub artist_name: String,
+    /// `""` when not known.
+    pub album: String,
+    /// Lower case; `""` when not known.
+    pub genre: String,
+    /// 0 when not known.
+    pub duration_ms: u32,
+}
+
+/// The columns of [`SongEntry`], in order.
+pub const SONG_ENTRY_COLUMNS: &str =
+    "song_id, title, artist_id, artist_name, album, genre, duration_ms";
+
 /// A song's catalog entry (`songs`): written by `topk-catalog load`, one row per song per
 /// change, the highest `version` current.
 #[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]

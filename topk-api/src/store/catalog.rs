@@ -3,9 +3,8 @@
 
 use std::collections::HashMap;
 
-use clickhouse::Row;
 use serde::{Deserialize, Serialize};
-use topk_core::schema::SONGS;
+use topk_core::schema::{SongEntry, SONGS};
 
 /// A song's current catalog entry, as the API answers it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,19 +21,8 @@ pub struct SongMetadata {
     pub duration_ms: Option<u32>,
 }
 
-#[derive(Debug, Row, Deserialize)]
-struct CatalogRow {
-    song_id: String,
-    title: String,
-    artist_id: String,
-    artist_name: String,
-    album: String,
-    genre: String,
-    duration_ms: u32,
-}
-
-impl From<CatalogRow> for SongMetadata {
-    fn from(row: CatalogRow) -> Self {
+impl From<SongEntry> for SongMetadata {
+    fn from(row: SongEntry) -> Self {
         let known = |text: String| (!text.is_empty()).then_some(text);
         Self {
             song_id: row.song_id,
@@ -65,7 +53,7 @@ pub(super) async fn read_metadata(
     for song_id in song_ids {
         query = query.bind(*song_id);
     }
-    let rows: Vec<CatalogRow> = query.fetch_all().await?;
+    let rows: Vec<SongEntry> = query.fetch_all().await?;
     Ok(rows
         .into_iter()
         .map(|row| (row.song_id.clone(), SongMetadata::from(row)))
