@@ -56,6 +56,27 @@ pub struct RollupConfig {
         global = true
     )]
     pub daily_retention_days: u32,
+    /// The charts' per-user cap: plays of one song one user counts per UTC hour and region
+    /// (see `sql/README.md`). Changing it makes `run` roll up the window's days again; the
+    /// API must use the same value.
+    #[arg(
+        long,
+        env = "TOPK_CHART_USER_HOUR_CAP",
+        default_value_t = topk_core::chart::DEFAULT_USER_HOUR_CAP,
+        value_parser = clap::value_parser!(u64).range(1..),
+        global = true
+    )]
+    pub chart_user_hour_cap: u64,
+    /// Days of hourly chart rows `prune` keeps (today included); at least 16, which a `7d`
+    /// chart as of a day ago and its previous period read.
+    #[arg(
+        long,
+        env = "TOPK_CHART_RETENTION_DAYS",
+        default_value_t = topk_core::chart::DEFAULT_CHART_RETENTION_DAYS,
+        value_parser = clap::value_parser!(u32).range(i64::from(topk_core::chart::DEFAULT_CHART_RETENTION_DAYS)..),
+        global = true
+    )]
+    pub chart_retention_days: u32,
     /// Split each day's users into this many slices, rolled up by concurrent queries: more
     /// uses more of ClickHouse's cores (its per-user stage is single-threaded per query).
     #[arg(
@@ -166,6 +187,11 @@ mod tests {
         assert_eq!(config.command(), RollupCommand::Run { prune: false });
         assert!(!config.dry_run);
         assert_eq!(config.daily_retention_days, WINDOW_DAYS);
+        assert_eq!(
+            config.chart_user_hour_cap,
+            topk_core::chart::DEFAULT_USER_HOUR_CAP
+        );
+        assert_eq!(config.chart_retention_days, 16);
     }
 
     #[test]
@@ -209,6 +235,14 @@ mod tests {
             ErrorKind::MissingRequiredArgument
         );
         assert_eq!(usage_error_kind(&["rollup"]), ErrorKind::InvalidSubcommand);
+        assert_eq!(
+            usage_error_kind(&["--chart-user-hour-cap", "0"]),
+            ErrorKind::ValueValidation
+        );
+        assert_eq!(
+            usage_error_kind(&["--chart-retention-days", "15"]),
+            ErrorKind::ValueValidation
+        );
     }
 
     #[test]

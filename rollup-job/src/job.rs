@@ -58,11 +58,12 @@ impl fmt::Display for DayOutcome {
             DayResult::RolledUp { reason, progress } => write!(
                 formatter,
                 "rolled up ({reason}): minute_rows_read={} plays_read={} users={} \
-                 rows_written={} seconds={:.3}",
+                 rows_written={} chart_rows={} seconds={:.3}",
                 progress.minute_rows_read,
                 progress.plays_read,
                 progress.users,
                 progress.rows_written,
+                progress.chart_rows,
                 progress.seconds
             ),
             DayResult::WouldRollUp { reason } => {
@@ -94,6 +95,10 @@ pub struct RollupJob {
     pub dry_run: bool,
     /// Concurrent `INSERT .. SELECT`s per day (see [`roll_up_day`]).
     pub slices: u32,
+    /// The charts' per-user cap (`topk_core::chart`).
+    pub chart_user_hour_cap: u64,
+    /// Days of `chart_hourly` that `prune` keeps.
+    pub chart_retention_days: u32,
 }
 
 impl RollupJob {
@@ -104,6 +109,8 @@ impl RollupJob {
             now,
             dry_run: false,
             slices: DEFAULT_SLICES,
+            chart_user_hour_cap: topk_core::chart::DEFAULT_USER_HOUR_CAP,
+            chart_retention_days: topk_core::chart::DEFAULT_CHART_RETENTION_DAYS,
         }
     }
 
@@ -134,15 +141,7 @@ impl RollupJob {
         daily_retention_days: u32,
         on_step: impl FnMut(&PruneOutcome),
     ) -> Result<Vec<PruneOutcome>, RollupError> {
-        prune(
-            &self.client,
-            &self.placement,
-            self.now,
-            daily_retention_days,
-            self.dry_run,
-            on_step,
-        )
-        .await
+        prune(self, daily_retention_days, on_step).await
     }
 
     async fn roll_up_days(
@@ -151,7 +150,14 @@ impl RollupJob {
         backfill: bool,
         mut on_day: impl FnMut(&DayOutcome),
     ) -> Result<Vec<DayOutcome>, RollupError> {
-        let plan = plan_days(&self.client, &self.placement, days, backfill).await?;
+        let plan = plan_days(
+            &self.client,
+            &self.placement,
+            days,
+            backfill,
+            self.chart_user_hour_cap,
+        )
+        .await?;
         let mut outcomes = Vec::with_capacity(plan.len());
         for (index, (day, action)) in plan.into_iter().enumerate() {
             let result = match action {
@@ -169,7 +175,15 @@ impl RollupJob {
                 }
                 DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp { reason },
                 DayAction::RollUp(reason) => {
-                    match roll_up_day(&self.client, &self.placement, day, self.slices).await {
+                    match roll_up_day(
+                        &self.client,
+                        &self.placement,
+                        day,
+                        self.slices,
+                        self.chart_user_hour_cap,
+                    )
+                    .await
+                    {
                         Ok(progress) => DayResult::RolledUp { reason, progress },
                         Err(error) => DayResult::Failed(error),
                     }
@@ -248,6 +262,8 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
         now,
         dry_run: config.dry_run,
         slices: config.rollup_slices,
+        chart_user_hour_cap: config.chart_user_hour_cap,
+        chart_retention_days: config.chart_retention_days,
     };
     check_schema(&job.client).await?;
     if let topk_core::cluster::Placement::Cluster(layout) = &job.placement {
@@ -381,6 +397,8 @@ mod tests {
             snapshot_partitions: Vec::new(),
             snapshot_newest_claim_ids: Vec::new(),
             snapshot_newest_max_seqs: Vec::new(),
+            chart_user_hour_cap: 0,
+            chart_rows: 0,
         };
         let outcome = DayOutcome {
             day: day(20),
@@ -394,7 +412,7 @@ mod tests {
         assert_eq!(
             outcome.to_string(),
             "[2/6] 2026-11-20 rolled up (new day): minute_rows_read=1200 plays_read=3400 \
-             users=56 rows_written=780 seconds=0.250"
+             users=56 rows_written=780 chart_rows=0 seconds=0.250"
         );
     }
 }

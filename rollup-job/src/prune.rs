@@ -9,6 +9,8 @@
 //!   it) rather than lost.
 //! - A daily partition is dropped when its day is older than the retention (at least the
 //!   window, so the API never loses a day it reads).
+//! - A chart partition (`chart_hourly`) is dropped when its day is older than the chart
+//!   retention (16 days by default: a `7d` chart as of a day ago and its previous period).
 //! - A staging table is dropped when a crashed run left it more than a day ago.
 
 use std::collections::BTreeMap;
@@ -16,11 +18,12 @@ use std::fmt;
 use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use topk_core::schema::{DAILY_TOP, PLAYS_MINUTE};
+use topk_core::schema::{CHART_HOURLY, DAILY_TOP, PLAYS_MINUTE};
 use topk_core::window::{Window, WINDOW_DAYS};
 
 use crate::day_state::{plan_days, DayAction, RollUpReason};
 use crate::error::{clickhouse_error, RollupError};
+use crate::job::RollupJob;
 use crate::rollup::partition_id;
 use crate::staging::{drop_staging_table, is_stale_staging_table, list_staging_tables};
 
@@ -35,6 +38,7 @@ pub enum PruneStep {
         changed_since_rollup: bool,
     },
     DropDailyPartition(NaiveDate),
+    DropChartPartition(NaiveDate),
     DropStagingTable(String),
 }
 
@@ -74,6 +78,12 @@ impl fmt::Display for PruneStep {
                     "daily partition {day} (older than the retention)"
                 )
             }
+            Self::DropChartPartition(day) => {
+                write!(
+                    formatter,
+                    "chart partition {day} (older than the chart retention)"
+                )
+            }
             Self::DropStagingTable(name) => {
                 write!(formatter, "staging table {name} (left by a crashed run)")
             }
@@ -86,6 +96,7 @@ impl fmt::Display for PruneStep {
 pub struct PruneInputs {
     pub minute_partitions: Vec<NaiveDate>,
     pub daily_partitions: Vec<NaiveDate>,
+    pub chart_partitions: Vec<NaiveDate>,
     /// For every minute partition older than the window: what a run would do with its day.
     pub old_day_actions: BTreeMap<NaiveDate, DayAction>,
     pub staging_tables: Vec<String>,
@@ -104,11 +115,19 @@ pub fn first_daily_day_kept(now: DateTime<Utc>, daily_retention_days: u32) -> Na
         .date_naive()
 }
 
+/// The first day whose chart partition is kept.
+pub fn first_chart_day_kept(now: DateTime<Utc>, chart_retention_days: u32) -> NaiveDate {
+    Window::ending_at(now, chart_retention_days.max(1))
+        .from
+        .date_naive()
+}
+
 /// Decides what to drop. `now` places the window; `clock_now` ages staging tables (their
 /// names carry the wall-clock time they were created at).
 pub fn plan_prune(
     now: DateTime<Utc>,
     daily_retention_days: u32,
+    chart_retention_days: u32,
     inputs: &PruneInputs,
     clock_now: DateTime<Utc>,
 ) -> Vec<PruneStep> {
@@ -121,9 +140,13 @@ pub fn plan_prune(
         .filter(|day| **day < minute_cutoff)
     {
         steps.push(match inputs.old_day_actions.get(day) {
-            Some(DayAction::UpToDate { .. } | DayAction::KeepRollupOfPrunedDay { .. }) => {
-                PruneStep::DropMinutePartition(*day)
-            }
+            // A day outside the window whose chart rows are missing (rolled up before
+            // schema 10) keeps its top lists; its charts are not worth keeping the minutes.
+            Some(
+                DayAction::UpToDate { .. }
+                | DayAction::KeepRollupOfPrunedDay { .. }
+                | DayAction::RollUp(RollUpReason::ChartsOutdated),
+            ) => PruneStep::DropMinutePartition(*day),
             Some(DayAction::RollUp(RollUpReason::LateData)) => PruneStep::KeepMinutePartition {
                 day: *day,
                 changed_since_rollup: true,
@@ -145,6 +168,14 @@ pub fn plan_prune(
             .iter()
             .filter(|day| **day < daily_cutoff)
             .map(|day| PruneStep::DropDailyPartition(*day)),
+    );
+    let chart_cutoff = first_chart_day_kept(now, chart_retention_days);
+    steps.extend(
+        inputs
+            .chart_partitions
+            .iter()
+            .filter(|day| **day < chart_cutoff)
+            .map(|day| PruneStep::DropChartPartition(*day)),
     );
     steps.extend(
         inputs
@@ -177,32 +208,37 @@ impl fmt::Display for PruneOutcome {
 
 /// Lists what is there, plans, and (unless `dry_run`) drops; reports each step as it goes.
 pub async fn prune(
-    client: &clickhouse::Client,
-    placement: &Placement,
-    now: DateTime<Utc>,
+    job: &RollupJob,
     daily_retention_days: u32,
-    dry_run: bool,
     mut on_step: impl FnMut(&PruneOutcome),
 ) -> Result<Vec<PruneOutcome>, RollupError> {
+    let (client, placement, now) = (&job.client, &job.placement, job.now);
     let minute_partitions = list_day_partitions(client, placement, PLAYS_MINUTE).await?;
     let old_days: Vec<NaiveDate> = minute_partitions
         .iter()
         .copied()
         .filter(|day| *day < first_minute_day_kept(now))
         .collect();
-    let old_day_actions = plan_days(client, placement, &old_days, false)
+    let old_day_actions = plan_days(client, placement, &old_days, false, job.chart_user_hour_cap)
         .await?
         .into_iter()
         .collect();
     let inputs = PruneInputs {
         minute_partitions,
         daily_partitions: list_day_partitions(client, placement, DAILY_TOP).await?,
+        chart_partitions: list_day_partitions(client, placement, CHART_HOURLY).await?,
         old_day_actions,
         staging_tables: list_staging_tables(client).await?,
     };
     let mut outcomes = Vec::new();
-    for step in plan_prune(now, daily_retention_days, &inputs, Utc::now()) {
-        let result = if dry_run || !step.changes_something() {
+    for step in plan_prune(
+        now,
+        daily_retention_days,
+        job.chart_retention_days,
+        &inputs,
+        Utc::now(),
+    ) {
+        let result = if job.dry_run || !step.changes_something() {
             Ok(false)
         } else {
             perform(client, placement, &step).await.map(|()| true)
@@ -222,6 +258,7 @@ async fn perform(
     let (table, day) = match step {
         PruneStep::DropMinutePartition(day) => (PLAYS_MINUTE, *day),
         PruneStep::DropDailyPartition(day) => (DAILY_TOP, *day),
+        PruneStep::DropChartPartition(day) => (CHART_HOURLY, *day),
         PruneStep::DropStagingTable(name) => return drop_staging_table(client, name).await,
         PruneStep::KeepMinutePartition { .. } => return Ok(()),
     };
@@ -291,6 +328,7 @@ mod tests {
         assert_eq!(first_daily_day_kept(now, 10), day(15));
         // Never shorter than the window, whatever the caller passes.
         assert_eq!(first_daily_day_kept(now, 2), day(18));
+        assert_eq!(first_chart_day_kept(now, 16), day(9));
     }
 
     #[test]
@@ -301,8 +339,9 @@ mod tests {
         let fresh_staging = staging_table_name(day(23), now - Duration::hours(1), 1);
         let stale_staging = staging_table_name(day(20), now - Duration::hours(30), 2);
         let inputs = PruneInputs {
-            minute_partitions: (14..=24).map(day).collect(),
+            minute_partitions: (13..=24).map(day).collect(),
             daily_partitions: (10..=23).map(day).collect(),
+            chart_partitions: (1..=23).map(day).collect(),
             old_day_actions: BTreeMap::from([
                 (
                     day(14),
@@ -313,6 +352,7 @@ mod tests {
                 ),
                 (day(15), DayAction::RollUp(RollUpReason::NeverRolledUp)),
                 (day(16), late),
+                (day(13), DayAction::RollUp(RollUpReason::ChartsOutdated)),
                 (
                     day(17),
                     DayAction::UpToDate {
@@ -323,30 +363,32 @@ mod tests {
             ]),
             staging_tables: vec![fresh_staging, stale_staging.clone()],
         };
-        let steps = plan_prune(now, 8, &inputs, now);
-        assert_eq!(
-            steps,
-            vec![
-                PruneStep::DropMinutePartition(day(14)),
-                PruneStep::KeepMinutePartition {
-                    day: day(15),
-                    changed_since_rollup: false
-                },
-                PruneStep::KeepMinutePartition {
-                    day: day(16),
-                    changed_since_rollup: true
-                },
-                // 11-17, rolled up, is the day before the window: local weeks start in it.
-                PruneStep::DropDailyPartition(day(10)),
-                PruneStep::DropDailyPartition(day(11)),
-                PruneStep::DropDailyPartition(day(12)),
-                PruneStep::DropDailyPartition(day(13)),
-                PruneStep::DropDailyPartition(day(14)),
-                PruneStep::DropDailyPartition(day(15)),
-                PruneStep::DropDailyPartition(day(16)),
-                PruneStep::DropStagingTable(stale_staging),
-            ]
-        );
+        let steps = plan_prune(now, 8, 16, &inputs, now);
+        let mut expected = vec![
+            // Rolled up before the charts: its minutes are not kept for them.
+            PruneStep::DropMinutePartition(day(13)),
+            PruneStep::DropMinutePartition(day(14)),
+            PruneStep::KeepMinutePartition {
+                day: day(15),
+                changed_since_rollup: false,
+            },
+            PruneStep::KeepMinutePartition {
+                day: day(16),
+                changed_since_rollup: true,
+            },
+            // 11-17, rolled up, is the day before the window: local weeks start in it.
+            PruneStep::DropDailyPartition(day(10)),
+            PruneStep::DropDailyPartition(day(11)),
+            PruneStep::DropDailyPartition(day(12)),
+            PruneStep::DropDailyPartition(day(13)),
+            PruneStep::DropDailyPartition(day(14)),
+            PruneStep::DropDailyPartition(day(15)),
+            PruneStep::DropDailyPartition(day(16)),
+        ];
+        // 16 days of charts, today included: 11-09 on.
+        expected.extend((1..=8).map(|number| PruneStep::DropChartPartition(day(number))));
+        expected.push(PruneStep::DropStagingTable(stale_staging));
+        assert_eq!(steps, expected);
     }
 
     #[test]
@@ -357,6 +399,6 @@ mod tests {
             daily_partitions: (18..=23).map(day).collect(),
             ..PruneInputs::default()
         };
-        assert!(plan_prune(now, 7, &inputs, now).is_empty());
+        assert!(plan_prune(now, 7, 16, &inputs, now).is_empty());
     }
 }

@@ -154,6 +154,7 @@ async fn main() {
                 &topk_core::cluster::Placement::SingleNode,
                 day,
                 variant_slices,
+                topk_core::chart::DEFAULT_USER_HOUR_CAP,
             )
             .await
             .unwrap();

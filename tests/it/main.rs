@@ -6,6 +6,7 @@ mod api;
 mod archive;
 mod archive_ingest;
 mod catalog;
+mod charts;
 mod exactly_once;
 mod foundation;
 mod ingest;

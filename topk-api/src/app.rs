@@ -33,6 +33,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/users/{user_id}/top-songs", get(routes::user_top_songs))
         .route("/v1/me/top-songs", get(routes::my_top_songs))
         .route("/v1/songs/{song_id}", get(routes::song))
+        .route("/v1/charts/top-songs", get(crate::charts::top_songs))
         .route_layer(
             ServiceBuilder::new()
                 .layer(HandleErrorLayer::new(shed_error))

@@ -67,6 +67,13 @@ pub struct ApiConfig {
     #[arg(long, env = "TOPK_API_COALESCE_MAX_QUERIES", default_value_t = 2,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub coalesce_max_queries: u32,
+    /// The charts' per-user cap: plays of one song one user counts per UTC hour and region.
+    /// Must be the rollup job's (`topk-rollup --chart-user-hour-cap`): days rolled up with
+    /// another cap are read from their minute rows, which is slower.
+    #[arg(long, env = "TOPK_CHART_USER_HOUR_CAP",
+          default_value_t = topk_core::chart::DEFAULT_USER_HOUR_CAP,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub chart_user_hour_cap: u64,
     /// Who may read what: `off` (anyone reads anyone; local use only), `hs256` (JWT signed
     /// with a shared secret) or `rs256` (JWT signed with an RSA key; the server holds the
     /// public key).

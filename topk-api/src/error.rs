@@ -32,6 +32,9 @@ pub enum AppError {
     InvalidTimeZone(String),
     #[error("{0}")]
     InvalidSongId(String),
+    /// 400 with its own code (`invalid_window`, `invalid_as_of`, ...): a chart parameter.
+    #[error("{1}")]
+    InvalidParameter(&'static str, String),
     /// 404: the catalog has no entry for this song.
     #[error("the song catalog has no song {0:?}")]
     SongNotFound(String),
@@ -81,7 +84,8 @@ impl AppError {
             | Self::InvalidLimit(_)
             | Self::InvalidRequest(_)
             | Self::InvalidTimeZone(_)
-            | Self::InvalidSongId(_) => StatusCode::BAD_REQUEST,
+            | Self::InvalidSongId(_)
+            | Self::InvalidParameter(..) => StatusCode::BAD_REQUEST,
             Self::SongNotFound(_) => StatusCode::NOT_FOUND,
             // Without auth there is no "me": nothing to find at that path.
             Self::AuthDisabled => StatusCode::NOT_FOUND,
@@ -107,6 +111,7 @@ impl AppError {
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidTimeZone(_) => "invalid_time_zone",
             Self::InvalidSongId(_) => "invalid_song_id",
+            Self::InvalidParameter(code, _) => code,
             Self::SongNotFound(_) => "song_not_found",
             Self::Unauthenticated(_) => "unauthenticated",
             Self::Forbidden(_) => "forbidden",

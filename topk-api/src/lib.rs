@@ -2,7 +2,7 @@
 //!
 //! - [`app`]: the router with its layers (request ids, tracing, metrics, load shedding) and
 //!   [`serve`] with graceful shutdown.
-//! - [`routes`]: handlers and input validation; [`auth`]: JWT verification and who may read
+//! - [`routes`]: handlers and input validation ([`charts`]: the charts' own); [`auth`]: JWT verification and who may read
 //!   whom; [`store`]: the ClickHouse queries, requests coalesced into batches; [`ranking`]: the
 //!   top list and its exactness.
 //! - [`error`]: every failure and its HTTP status; [`config`]: options; [`state`]: what
@@ -10,6 +10,7 @@
 
 pub mod app;
 pub mod auth;
+pub mod charts;
 pub mod config;
 pub mod edge;
 pub mod error;

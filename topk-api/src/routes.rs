@@ -64,7 +64,7 @@ pub fn check_path_user_id(user_id: &str) -> Result<(), String> {
 }
 
 /// An id of the path (`field` names it in the message): see [`check_path_user_id`].
-fn check_path_id(field: &str, id: &str) -> Result<(), String> {
+pub(crate) fn check_path_id(field: &str, id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err(format!("{field} is empty"));
     }
@@ -216,7 +216,7 @@ pub async fn user_top_songs(
 ) -> Result<Response, AppError> {
     caller.authorize(&user_id)?;
     let body = top_songs(&state, user_id, params).await?;
-    Ok(cacheable(body, &headers))
+    Ok(cacheable_top_songs(body, &headers))
 }
 
 /// `GET /v1/me/top-songs`: the token's own user.
@@ -228,24 +228,33 @@ pub async fn my_top_songs(
 ) -> Result<Response, AppError> {
     let user_id = caller.own_user()?.to_owned();
     let body = top_songs(&state, user_id, params).await?;
-    Ok(cacheable(body, &headers))
+    Ok(cacheable_top_songs(body, &headers))
 }
 
-/// The answer with its validators: a weak `ETag` over what the answer says (the user, the
-/// window's first day, the songs with their plays, `exact`; not `generated_at`,
-/// `data_through` nor the window's end, which move every second while the counts stay), `304 Not Modified` without a
-/// body when the request's `If-None-Match` names it, and `Cache-Control: private, no-cache` with
-/// `Vary: Authorization` (a user's answer is theirs: shared caches must not keep it, and the
-/// client revalidates each time).
-fn cacheable(body: TopSongsResponse, request_headers: &HeaderMap) -> Response {
+/// The answer with its validators: a weak `ETag` over what the answer says ([`entity_tag`]),
+/// `304 Not Modified` without a body when the request's `If-None-Match` names it, and
+/// `Cache-Control: private, no-cache` with `Vary: Authorization` (a user's answer is theirs:
+/// shared caches must not keep it, and the client revalidates each time).
+fn cacheable_top_songs(body: TopSongsResponse, request_headers: &HeaderMap) -> Response {
     let etag = entity_tag(&body);
-    let mut response = if if_none_match(request_headers, &etag) {
+    cacheable(body, &etag, request_headers)
+}
+
+/// `body` as JSON with `etag` (see [`content_tag`]), or `304 Not Modified` without a body when
+/// the request's `If-None-Match` names it; `Cache-Control: private, no-cache` and `Vary:
+/// Authorization`.
+pub(crate) fn cacheable<T: Serialize>(
+    body: T,
+    etag: &str,
+    request_headers: &HeaderMap,
+) -> Response {
+    let mut response = if if_none_match(request_headers, etag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         Json(body).into_response()
     };
     let headers = response.headers_mut();
-    if let Ok(value) = HeaderValue::from_str(&etag) {
+    if let Ok(value) = HeaderValue::from_str(etag) {
         headers.insert(header::ETAG, value);
     }
     headers.insert(
@@ -256,15 +265,21 @@ fn cacheable(body: TopSongsResponse, request_headers: &HeaderMap) -> Response {
     response
 }
 
-/// `W/"<32 hex digits>"`: the first 128 bits of a SHA-256 over the answer's content.
+/// The top songs' weak `ETag`: over the user, the window's first day and zone, the songs with
+/// their plays and `exact`; not `generated_at`, `data_through` nor the window's end, which
+/// move every second while the counts stay.
 pub fn entity_tag(body: &TopSongsResponse) -> String {
-    let content = json!({
+    content_tag(&json!({
         "user_id": body.user_id,
         "from": body.window.from,
         "tz": body.window.tz,
         "songs": body.songs,
         "exact": body.exact,
-    });
+    }))
+}
+
+/// `W/"<32 hex digits>"`: the first 128 bits of a SHA-256 over `content`.
+pub(crate) fn content_tag(content: &serde_json::Value) -> String {
     let digest = Sha256::digest(content.to_string().as_bytes());
     let hex: String = digest[..16]
         .iter()

@@ -43,6 +43,7 @@ struct Shared {
     in_flight: Arc<Semaphore>,
     request_timeout: std::time::Duration,
     edge_limits: crate::edge::EdgeLimits,
+    chart_user_hour_cap: u64,
 }
 
 /// The process-wide Prometheus recorder, installed once however many apps a process builds.
@@ -90,6 +91,7 @@ impl AppState {
                 in_flight: Arc::new(Semaphore::new(permits)),
                 request_timeout: config.request_timeout(),
                 edge_limits: config.edge_limits(),
+                chart_user_hour_cap: config.chart_user_hour_cap,
             }),
             clock: Clock::System,
         })
@@ -124,6 +126,11 @@ impl AppState {
     /// The connection limits [`crate::serve`] applies.
     pub fn edge_limits(&self) -> crate::edge::EdgeLimits {
         self.shared.edge_limits
+    }
+
+    /// The charts' per-user cap (`topk_core::chart`), the rollup's.
+    pub fn chart_user_hour_cap(&self) -> u64 {
+        self.shared.chart_user_hour_cap
     }
 
     pub fn in_flight(&self) -> Arc<Semaphore> {

@@ -51,10 +51,12 @@ use crate::error::AppError;
 use crate::ranking::StoredSong;
 
 mod catalog;
+mod charts;
 mod coalesce;
 mod query;
 
 pub use catalog::SongMetadata;
+pub use charts::{ChartPage, ChartQuery, ChartScope, ChartSong, ChartSources, HourPart};
 
 use coalesce::Coalescer;
 pub use coalesce::{CoalesceCounts, CoalesceOptions};
@@ -74,6 +76,8 @@ struct Reader {
     client: clickhouse::Client,
     query_timeout: Duration,
     plans: ReadPlanCache,
+    /// The charts' plan: every day a chart and its previous period can reach.
+    chart_plans: ReadPlanCache,
     placement: Placement,
 }
 
@@ -91,6 +95,7 @@ impl Store {
                 client,
                 query_timeout,
                 plans: ReadPlanCache::new(plan_ttl),
+                chart_plans: ReadPlanCache::new(plan_ttl),
                 placement,
             }),
             coalescer: coalesce.map(|options| Arc::new(Coalescer::new(options))),
@@ -190,6 +195,26 @@ impl Store {
             "schema_version",
             topk_core::migrate::applied_version(&self.reader.client),
         ))
+        .await
+    }
+
+    /// One page of a chart (see [`charts`]), read within the query timeout. `today`: the
+    /// current UTC day (days before it may be read from their rollups).
+    pub async fn chart(&self, query: &ChartQuery, today: NaiveDate) -> Result<ChartPage, AppError> {
+        self.within_timeout(async {
+            let first_day = today
+                .checked_sub_days(chrono::Days::new(u64::from(
+                    topk_core::chart::DEFAULT_CHART_RETENTION_DAYS,
+                )))
+                .unwrap_or(NaiveDate::MIN)
+                .min(query.span.previous().from.date_naive());
+            let reader = &self.reader;
+            let plan = reader
+                .chart_plans
+                .get(&reader.client, &reader.placement, first_day, today)
+                .await?;
+            charts::read_chart(&reader.client, &plan, today, query).await
+        })
         .await
     }
 
@@ -551,6 +576,8 @@ mod tests {
             snapshot_partitions: vec![0],
             snapshot_newest_claim_ids: vec![1 << 32],
             snapshot_newest_max_seqs: vec![4],
+            chart_user_hour_cap: 0,
+            chart_rows: 0,
         }
     }
 

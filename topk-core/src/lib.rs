@@ -3,6 +3,7 @@
 //! - [`event`]: the play-event contract and its validation.
 //! - [`window`]: minute buckets, UTC days and the 7-day window.
 //! - [`schema`]: table names and the row types written to and read from ClickHouse.
+//! - [`chart`]: what counts for the charts (the per-user cap) and their windows.
 //! - [`snapshots`]: the current rollup snapshot of a day, and the days with plays committed
 //!   since theirs (what the rollup and the API both decide by).
 //! - [`dedup`]: the duplicate filter (same `event_id` within a horizon counts once).
@@ -17,6 +18,7 @@
 //! - [`shutdown`]: graceful stop on SIGTERM/SIGINT, handlers installed at startup.
 //! - [`telemetry`]: tracing and Prometheus metrics setup shared by every binary.
 
+pub mod chart;
 pub mod claims;
 pub mod cluster;
 pub mod committed;

@@ -80,6 +80,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0009_chart_plays.sql",
         sql: include_str!("../../sql/0009_chart_plays.sql"),
     },
+    Migration {
+        version: 10,
+        name: "0010_chart_hourly.sql",
+        sql: include_str!("../../sql/0010_chart_hourly.sql"),
+    },
 ];
 
 /// The suffix of a table a migration creates to replace the table of the name without it.

@@ -14,6 +14,9 @@ pub const FLUSH_COMMITS: &str = "flush_commits";
 pub const COMMITTED_FLUSHES: &str = "committed_flushes";
 pub const DAILY_TOP: &str = "daily_top";
 pub const ROLLUP_PROGRESS: &str = "rollup_progress";
+/// Chart plays and listeners per (UTC hour, region, song), one snapshot per rolled-up day
+/// (see [`crate::chart`]).
+pub const CHART_HOURLY: &str = "chart_hourly";
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 /// The song catalog: one row per song per change (see [`SongRow`]).
 pub const SONGS: &str = "songs";
@@ -186,4 +189,11 @@ pub struct RollupProgressRow {
     pub snapshot_partitions: Vec<u64>,
     pub snapshot_newest_claim_ids: Vec<u64>,
     pub snapshot_newest_max_seqs: Vec<u64>,
+    /// The per-user hourly cap the snapshot's `chart_hourly` rows were counted with
+    /// ([`crate::chart`]); 0: the rollup wrote no chart rows (before schema 10).
+    #[serde(default)]
+    pub chart_user_hour_cap: u64,
+    /// How many `chart_hourly` rows it wrote.
+    #[serde(default)]
+    pub chart_rows: u64,
 }

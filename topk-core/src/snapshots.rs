@@ -170,6 +170,8 @@ mod tests {
             snapshot_partitions: heads.iter().map(|head| head.0).collect(),
             snapshot_newest_claim_ids: heads.iter().map(|head| head.1).collect(),
             snapshot_newest_max_seqs: heads.iter().map(|head| head.2).collect(),
+            chart_user_hour_cap: 0,
+            chart_rows: 0,
         }
     }
 
