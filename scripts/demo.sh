@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline end to end on the local stack, with sample data:
 #   stack up -> build -> migrate -> topics -> aggregator -> sample play events -> drained
-#   -> nightly rollup -> API -> one user's top 10.
+#   -> nightly rollup -> API -> one user's top 10 beside the global chart of the last 24 h.
 # The stack stays up afterwards (scripts/stack.sh down stops it); the aggregator and the API
 # are stopped when the demo ends.
 #
@@ -87,16 +87,29 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
-step "top 10 songs of $DEMO_USER over the last 7 days, with titles from the catalog"
-curl -fsS "http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?limit=10&include=metadata" |
-  python3 -c '
+step "top 10 songs of $DEMO_USER over the last 7 days, beside the global chart of the last 24 hours, with titles from the catalog"
+curl -fsS "http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?limit=10&include=metadata" >.stack/demo/user.json
+curl -fsS "http://$API_LISTEN/v1/charts/top-songs?window=24h&limit=10&include=metadata" >.stack/demo/chart.json
+python3 - .stack/demo/user.json .stack/demo/chart.json <<'PY'
 import json, sys
-answer = json.load(sys.stdin)
-window = answer["window"]
-print("%s: %s .. %s, exact=%s, data_through=%s" % (answer["user_id"], window["from"], window["to"], answer["exact"], answer["data_through"]))
-for song in answer["songs"]:
+user = json.load(open(sys.argv[1]))
+chart = json.load(open(sys.argv[2]))
+
+def line(song, count):
     meta = song.get("metadata") or {}
     title = "%s - %s" % (meta.get("title", "?"), meta.get("artist_name", "?"))
-    print("%3d  %5d plays  %-12s %s" % (song["rank"], song["plays"], song["song_id"], title))
-'
+    return "%2d %6d %-9s %-36.36s" % (song["rank"], song[count], song["song_id"], title)
+
+left = ["%s, last 7 days (exact=%s)" % (user["user_id"], user["exact"]),
+        "   plays song"] + [line(song, "plays") for song in user["songs"]]
+right = ["everyone, last 24 h (%d songs charted)" % chart["total"],
+         "   plays song      listeners, previous rank"] + [
+    "%s %5d  %s" % (line(song, "plays"), song["listeners"], song["prev_rank"] or "new")
+    for song in chart["songs"]]
+for index in range(max(len(left), len(right))):
+    a = left[index] if index < len(left) else ""
+    b = right[index] if index < len(right) else ""
+    print("%-58s | %s" % (a, b))
+print("data through %s (user), %s (chart)" % (user["data_through"], chart["data_through"]))
+PY
 step "the same answer as JSON: curl http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?include=metadata"

@@ -1,13 +1,16 @@
 //! The whole pipeline on the cluster: Zipf traffic with duplicates, late and malformed events
 //! counted by an aggregator writing through `Distributed` tables, rolled up, and answered by
-//! the API, each checked against the brute force and against the same events run through the
-//! single-node stack.
+//! the API (the users' top songs and every chart), each checked against the brute force and
+//! against the same events run through the single-node stack.
 
 use std::time::Duration;
 
-use chrono::Utc;
+use chrono::{DurationRound, Utc};
+use topk_core::chart::{ChartWindow, DEFAULT_USER_HOUR_CAP};
 use topk_core::db::ClickHouseOptions;
+use topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS;
 use topk_core::schema::DailyTopRow;
+use topk_loadgen::charts::expected_chart;
 use topk_loadgen::generate::{expected_minute_counts, generate, GeneratorSpec};
 use topk_tests::pipeline::Pipeline;
 
@@ -88,6 +91,74 @@ async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single
         &expected,
     )
     .await;
+
+    // Every chart through a node of each shard equals the brute force (the hourly chart rows
+    // are replicated to every node, the minute rows read through the Distributed table).
+    let as_of = Utc::now()
+        .duration_trunc(chrono::Duration::minutes(1))
+        .unwrap();
+    let as_of_text = as_of.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    for url in [&urls[0], &urls[3]] {
+        let app = topk_tests::api::app(&cluster.through(url).clickhouse);
+        for window in ChartWindow::ALL {
+            for (scope, region) in [
+                ("scope=global", None),
+                ("scope=region&region=DE", Some("DE")),
+            ] {
+                let body = topk_tests::api::chart_body(
+                    &app,
+                    &format!("{scope}&window={window}&limit=100&as_of={as_of_text}"),
+                )
+                .await;
+                let span = window.span(as_of);
+                let keeps = |event: &topk_core::event::PlayEvent| {
+                    region.is_none() || event.region.as_deref() == region
+                };
+                let expected = expected_chart(
+                    &messages,
+                    &span,
+                    keeps,
+                    DEFAULT_USER_HOUR_CAP,
+                    DEFAULT_CHART_MIN_PLAYED_MS,
+                );
+                let previous = expected_chart(
+                    &messages,
+                    &span.previous(),
+                    keeps,
+                    DEFAULT_USER_HOUR_CAP,
+                    DEFAULT_CHART_MIN_PLAYED_MS,
+                );
+                let wanted: Vec<(u64, String, u64, u64, Option<u64>)> = expected
+                    .iter()
+                    .take(100)
+                    .enumerate()
+                    .map(|(index, song)| {
+                        let prev_rank = previous
+                            .iter()
+                            .position(|before| before.song_id == song.song_id)
+                            .map(|position| position as u64 + 1);
+                        (
+                            index as u64 + 1,
+                            song.song_id.clone(),
+                            song.plays,
+                            song.listeners,
+                            prev_rank,
+                        )
+                    })
+                    .collect();
+                assert_eq!(
+                    body["total"],
+                    expected.len(),
+                    "{scope} {window} through {url}"
+                );
+                assert_eq!(
+                    topk_tests::api::chart_songs(&body),
+                    wanted,
+                    "{scope} {window} through {url}"
+                );
+            }
+        }
+    }
 
     assert_eq!(on_cluster.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(on_single_node.terminate(Duration::from_secs(30)), Some(0));

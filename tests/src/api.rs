@@ -43,6 +43,42 @@ pub async fn top_songs_body(app: &Router, user: &str) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The JSON body of `GET /v1/charts/top-songs?<query>`; panics unless the answer is a success.
+pub async fn chart_body(app: &Router, query: &str) -> Value {
+    let request = Request::get(format!("/v1/charts/top-songs?{query}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    assert!(
+        status.is_success(),
+        "chart {query}: {status} {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+/// A chart answer's songs as (rank, song, plays, listeners, prev_rank), in rank order.
+pub fn chart_songs(body: &Value) -> Vec<(u64, String, u64, u64, Option<u64>)> {
+    body["songs"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no songs in {body}"))
+        .iter()
+        .map(|song| {
+            (
+                song["rank"].as_u64().unwrap(),
+                song["song_id"].as_str().unwrap().to_owned(),
+                song["plays"].as_u64().unwrap(),
+                song["listeners"].as_u64().unwrap(),
+                song["prev_rank"].as_u64(),
+            )
+        })
+        .collect()
+}
+
 /// The (song, plays) list of an answer, in rank order.
 pub fn song_list(body: &Value) -> Vec<(String, u64)> {
     body["songs"]

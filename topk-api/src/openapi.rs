@@ -185,7 +185,7 @@ fn chart_operation(auth_on: bool) -> Value {
             {"name": "scope", "in": "query", "required": false, "description": "global (default), region (needs region), genre (needs genre) or artist (needs artist_id); genre and artist come from the song catalog.",
              "schema": {"type": "string", "enum": ["global", "region", "genre", "artist"], "default": "global"}},
             {"name": "region", "in": "query", "required": false, "description": "With scope=region only: an assigned ISO 3166-1 alpha-2 code, upper case.",
-             "schema": {"type": "string", "pattern": "^[A-Z]{2}$"}},
+             "schema": {"type": "string", "enum": topk_core::event::assigned_regions().collect::<Vec<_>>()}},
             {"name": "genre", "in": "query", "required": false, "description": "With scope=genre only: a catalog genre (compared in lower case).",
              "schema": {"type": "string", "minLength": 1, "maxLength": MAX_GENRE_CHARS}},
             {"name": "artist_id", "in": "query", "required": false, "description": "With scope=artist only: a catalog artist id.",
