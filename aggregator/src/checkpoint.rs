@@ -84,7 +84,7 @@
 use std::time::Duration;
 use topk_core::cluster::Placement;
 
-use topk_core::schema::PLAYS_MINUTE;
+use topk_core::schema::{CHART_MINUTE, PLAYS_MINUTE};
 
 /// How long a cleanup waits for its own delete mutation before giving up (it is only
 /// cleanup: the rows it removes never count).
@@ -158,8 +158,8 @@ pub fn spawn_cleanup(
     });
 }
 
-/// Deletes the minute rows of `claim_id` with `flush_seq > above_seq` and waits for this
-/// mutation only. Always issued (never skipped because a count said 0): the rows never
+/// Deletes the minute rows (and their chart rows) of `claim_id` with `flush_seq > above_seq` and waits for these
+/// mutations only. Always issued (never skipped because a count said 0): the rows never
 /// count either way, this only frees their space. On a cluster the DELETE runs on every
 /// shard's local table ([`Placement::alter`]), and the wait looks at one replica of each shard.
 pub async fn remove_uncommitted_rows(
@@ -169,27 +169,27 @@ pub async fn remove_uncommitted_rows(
     above_seq: u64,
 ) -> Result<(), clickhouse::error::Error> {
     // Literal numbers, so that this mutation can be told apart in system.mutations.
-    placement
-        .alter(
-            client,
-            PLAYS_MINUTE,
-            &format!("DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}"),
-            &[],
-        )
-        .await?;
+    let command = format!("DELETE WHERE claim_id = {claim_id} AND flush_seq > {above_seq}");
+    for table in [PLAYS_MINUTE, CHART_MINUTE] {
+        placement.alter(client, table, &command, &[]).await?;
+    }
     // This claim id as a whole number in the mutation's text (18.16 shows
     // `DELETE WHERE ..`, current releases `(DELETE WHERE ..)`).
     let ours = format!("(^|[^0-9]){claim_id}([^0-9]|$)");
     let deadline = tokio::time::Instant::now() + CLEANUP_TIMEOUT;
     loop {
-        let pending: u64 = client
-            .query(&format!(
-                "SELECT count() {} AND is_done = 0 AND match(command, ?)",
-                placement.system_rows_of("mutations", PLAYS_MINUTE)
-            ))
-            .bind(&ours)
-            .fetch_one()
-            .await?;
+        let mut pending = 0;
+        for table in [PLAYS_MINUTE, CHART_MINUTE] {
+            let table_pending: u64 = client
+                .query(&format!(
+                    "SELECT count() {} AND is_done = 0 AND match(command, ?)",
+                    placement.system_rows_of("mutations", table)
+                ))
+                .bind(&ours)
+                .fetch_one()
+                .await?;
+            pending += table_pending;
+        }
         if pending == 0 {
             return Ok(());
         }

@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 
 use topk_core::claims::{Claim, ClaimOwner};
 use topk_core::coordination::{keeper_commit_node, mirror_commits, CommitOutcome, Coordinator};
-use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
+use topk_core::schema::{
+    ChartMinuteRow, FlushCommitRow, MinuteRow, CHART_MINUTE, FLUSH_COMMITS, PLAYS_MINUTE,
+};
 
 use topk_archive::ArchiveWriter;
 
@@ -267,6 +269,21 @@ impl FlushTarget {
                 .map_err(|error| {
                     AttemptFailure::ambiguous(format!("inserting minute rows: {error}"))
                 })?;
+            // The same rows' chart plays, ordered by time for the charts: same tags, so they
+            // count exactly when the minute rows do (with this flush's commit, below).
+            let chart_rows: Vec<ChartMinuteRow> = rows
+                .iter()
+                .filter_map(|row| ChartMinuteRow::of(row))
+                .collect();
+            if !chart_rows.is_empty() {
+                let chart_rows: Vec<&ChartMinuteRow> = chart_rows.iter().collect();
+                let query_id = format!("{label}-{attempt}-chart-rows");
+                self.insert(CHART_MINUTE, &chart_rows, &query_id, running)
+                    .await
+                    .map_err(|error| {
+                        AttemptFailure::ambiguous(format!("inserting chart rows: {error}"))
+                    })?;
+            }
         }
         for flush in &mut batch.partitions {
             flush.rows_written = true;

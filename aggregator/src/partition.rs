@@ -305,13 +305,9 @@ impl PartitionState {
             u64::try_from(flush_offset.max(0)).expect("non-negative"),
             (self.claim.claim_id, flush_seq),
         );
-        // Days since 1970 of each row's minute (ClickHouse `Date` numbers), few distinct.
-        let minute_days: Vec<u16> = rows
-            .iter()
-            .map(|row| u16::try_from(row.minute.timestamp().div_euclid(86_400)).unwrap_or(0))
-            .collect::<std::collections::BTreeSet<u16>>()
-            .into_iter()
-            .collect();
+        // The days (ClickHouse `Date` numbers) and hours of the rows' minutes, few distinct.
+        let (minute_days, minute_hours) =
+            topk_core::window::days_and_hours(rows.iter().map(|row| row.minute));
         let commit = FlushCommitRow {
             consumer_group: consumer_group.to_owned(),
             topic: topic.to_owned(),
@@ -328,6 +324,7 @@ impl PartitionState {
             worker: worker.to_owned(),
             flushed_at: Utc::now(),
             records_through_ms: self.records_through_ms,
+            minute_hours,
         };
         self.dead_letter_bytes = 0;
         self.raw_bytes = 0;

@@ -32,7 +32,7 @@ use topk_core::dedup::ReplayPoint;
 use topk_core::dedup::{Deduplicator, Verdict};
 use topk_core::event::parse_play_event;
 use topk_core::migrate::quote_identifier;
-use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
+use topk_core::schema::{FlushCommitRow, MinuteRow, CHART_MINUTE, FLUSH_COMMITS, PLAYS_MINUTE};
 use topk_core::window::{minute_bucket_secs, utc_day_of_ms, Window, WINDOW_DAYS};
 
 use crate::error::ArchiveError;
@@ -448,6 +448,15 @@ pub async fn restore_days(
             worker: owner.worker.clone(),
             flushed_at: Utc::now(),
             records_through_ms: 0,
+            minute_hours: rebuilt
+                .partitions
+                .get(partition)
+                .map_or_else(Vec::new, |minutes| {
+                    topk_core::window::days_and_hours(minutes.counts.keys().filter_map(
+                        |(_, _, minute, _)| chrono::DateTime::from_timestamp(*minute, 0),
+                    ))
+                    .1
+                }),
         });
     }
     commit_restored(&client, coordinator, &rows).await?;
@@ -474,6 +483,7 @@ pub async fn restore_days(
                 }
             }
         }
+        rebuild_chart_day(&client, &placement, day).await?;
         let plays = rows.iter().map(|row| row.plays).sum();
         tracing::info!(%day, rows = rows.len(), plays, "day restored");
         restored.push(RestoredDay {
@@ -499,6 +509,39 @@ pub async fn restore_days(
         }
     }
     Ok(restored)
+}
+
+/// The chart rows (`chart_minute`) of `day` again, from its restored minute rows (same tags).
+/// Readers can meet the day's charts empty for the moment in between (a restore runs with the
+/// aggregators stopped, in an incident).
+async fn rebuild_chart_day(
+    client: &clickhouse::Client,
+    placement: &Placement,
+    day: NaiveDate,
+) -> Result<(), ArchiveError> {
+    let partition = day.format("%Y-%m-%d").to_string();
+    placement
+        .alter(
+            client,
+            CHART_MINUTE,
+            &format!("DROP PARTITION '{partition}'"),
+            &[("replication_alter_partitions_sync", "2")],
+        )
+        .await?;
+    let settings = placement
+        .all_replicas_insert_settings(client)
+        .await
+        .map_err(ArchiveError::Cluster)?;
+    let mut copy = client.query(&format!(
+        "INSERT INTO {CHART_MINUTE} SELECT minute, region, song_id, user_id, chart_plays, \
+         kafka_partition, claim_id, flush_seq FROM {PLAYS_MINUTE} \
+         WHERE toDate(minute) = toDate(?) AND chart_plays > 0"
+    ));
+    for (name, value) in &settings {
+        copy = copy.with_setting(*name, value.clone());
+    }
+    copy.bind(&partition).execute().await?;
+    Ok(())
 }
 
 /// One day swapped in on a single server: the rows into a fresh staging table, then one

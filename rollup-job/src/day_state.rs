@@ -27,9 +27,7 @@ pub enum RollUpReason {
     WithoutSnapshot,
     /// Flushes committed after the latest rollup wrote minute rows for the day.
     LateData,
-    /// The latest rollup wrote no chart rows (before schema 10), or counted them with
-    /// another per-user cap than the job's.
-    ChartsOutdated,
+
     /// Requested by `backfill`, whatever the day's state.
     Backfill,
 }
@@ -41,9 +39,6 @@ impl fmt::Display for RollUpReason {
             Self::WithoutSnapshot => formatter.write_str("rolled up before schema 4"),
             Self::LateData => {
                 formatter.write_str("late data: plays committed since the last rollup")
-            }
-            Self::ChartsOutdated => {
-                formatter.write_str("chart rows missing or counted with another cap")
             }
             Self::Backfill => formatter.write_str("backfill"),
         }
@@ -76,8 +71,8 @@ pub struct DayState {
     pub new_commits: bool,
 }
 
-/// Decides what to do with a day, for a job that counts charts with `chart_user_hour_cap`.
-pub fn decide(state: &DayState, backfill: bool, chart_user_hour_cap: u64) -> DayAction {
+/// Decides what to do with a day.
+pub fn decide(state: &DayState, backfill: bool) -> DayAction {
     let Some(latest) = &state.latest_rollup else {
         return DayAction::RollUp(if backfill {
             RollUpReason::Backfill
@@ -95,9 +90,6 @@ pub fn decide(state: &DayState, backfill: bool, chart_user_hour_cap: u64) -> Day
     }
     if latest.snapshot_id == 0 {
         return DayAction::RollUp(RollUpReason::WithoutSnapshot);
-    }
-    if latest.chart_user_hour_cap != chart_user_hour_cap {
-        return DayAction::RollUp(RollUpReason::ChartsOutdated);
     }
     if !state.new_commits {
         return DayAction::UpToDate {
@@ -125,7 +117,6 @@ pub async fn plan_days(
     placement: &topk_core::cluster::Placement,
     days: &[NaiveDate],
     backfill: bool,
-    chart_user_hour_cap: u64,
 ) -> Result<Vec<(NaiveDate, DayAction)>, RollupError> {
     let (Some(first), Some(last)) = (days.first().copied(), days.last().copied()) else {
         return Ok(Vec::new());
@@ -160,7 +151,7 @@ pub async fn plan_days(
                 minute_rows_present: minute_days.contains(day),
                 new_commits: changed.contains(day),
             };
-            (*day, decide(&state, backfill, chart_user_hour_cap))
+            (*day, decide(&state, backfill))
         })
         .collect())
 }
@@ -168,8 +159,6 @@ pub async fn plan_days(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const CAP: u64 = topk_core::chart::DEFAULT_USER_HOUR_CAP;
 
     fn rollup(minute_rows: u64, snapshot_id: u64) -> RollupProgressRow {
         RollupProgressRow {
@@ -184,8 +173,6 @@ mod tests {
             snapshot_partitions: vec![0],
             snapshot_newest_claim_ids: vec![1 << 32],
             snapshot_newest_max_seqs: vec![3],
-            chart_user_hour_cap: CAP,
-            chart_rows: 1,
         }
     }
 
@@ -200,20 +187,20 @@ mod tests {
     #[test]
     fn never_rolled_up_days_are_rolled_up() {
         assert_eq!(
-            decide(&state(None, true, false), false, CAP),
+            decide(&state(None, true, false), false),
             DayAction::RollUp(RollUpReason::NeverRolledUp)
         );
         // An empty day too: the API then reads its (empty) top lists instead of minute rows.
         assert_eq!(
-            decide(&state(None, false, false), false, CAP),
+            decide(&state(None, false, false), false),
             DayAction::RollUp(RollUpReason::NeverRolledUp)
         );
         assert_eq!(
-            decide(&state(None, false, false), true, CAP),
+            decide(&state(None, false, false), true),
             DayAction::RollUp(RollUpReason::Backfill)
         );
         assert_eq!(
-            decide(&state(Some(rollup(10, 0)), true, false), false, CAP),
+            decide(&state(Some(rollup(10, 0)), true, false), false),
             DayAction::RollUp(RollUpReason::WithoutSnapshot)
         );
     }
@@ -221,53 +208,30 @@ mod tests {
     #[test]
     fn days_are_rolled_up_again_exactly_when_flushes_committed_rows_for_them() {
         assert!(matches!(
-            decide(&state(Some(rollup(10, 7)), true, false), false, CAP),
+            decide(&state(Some(rollup(10, 7)), true, false), false),
             DayAction::UpToDate { snapshot_id: 7, .. }
         ));
         assert_eq!(
-            decide(&state(Some(rollup(10, 7)), true, true), false, CAP),
+            decide(&state(Some(rollup(10, 7)), true, true), false),
             DayAction::RollUp(RollUpReason::LateData)
         );
         assert_eq!(
-            decide(&state(Some(rollup(10, 7)), true, false), true, CAP),
+            decide(&state(Some(rollup(10, 7)), true, false), true),
             DayAction::RollUp(RollUpReason::Backfill)
         );
-    }
-
-    #[test]
-    fn days_without_chart_rows_of_the_jobs_cap_are_rolled_up_again() {
-        let mut without_charts = rollup(10, 7);
-        without_charts.chart_user_hour_cap = 0;
-        assert_eq!(
-            decide(
-                &state(Some(without_charts.clone()), true, false),
-                false,
-                CAP
-            ),
-            DayAction::RollUp(RollUpReason::ChartsOutdated)
-        );
-        assert_eq!(
-            decide(&state(Some(rollup(10, 7)), true, false), false, CAP + 1),
-            DayAction::RollUp(RollUpReason::ChartsOutdated)
-        );
-        // Nothing to count them from once the minute rows are gone.
-        assert!(matches!(
-            decide(&state(Some(without_charts), false, false), false, CAP),
-            DayAction::KeepRollupOfPrunedDay { .. }
-        ));
     }
 
     #[test]
     fn a_rollup_whose_minute_rows_are_gone_is_kept_even_by_backfill() {
         for backfill in [false, true] {
             assert!(matches!(
-                decide(&state(Some(rollup(10, 7)), false, false), backfill, CAP),
+                decide(&state(Some(rollup(10, 7)), false, false), backfill),
                 DayAction::KeepRollupOfPrunedDay { .. }
             ));
         }
         // An empty day rolled up empty is simply up to date.
         assert!(matches!(
-            decide(&state(Some(rollup(0, 7)), false, false), false, CAP),
+            decide(&state(Some(rollup(0, 7)), false, false), false),
             DayAction::UpToDate { .. }
         ));
     }

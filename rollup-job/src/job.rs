@@ -8,6 +8,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use topk_core::schema::RollupProgressRow;
 use topk_core::window::{Window, WINDOW_DAYS};
 
+use crate::charts::{roll_up_charts, ChartOutcome};
 use crate::config::{RollupCommand, RollupConfig};
 use crate::day_state::{plan_days, DayAction, RollUpReason};
 use crate::error::{clickhouse_error, RollupError};
@@ -58,12 +59,11 @@ impl fmt::Display for DayOutcome {
             DayResult::RolledUp { reason, progress } => write!(
                 formatter,
                 "rolled up ({reason}): minute_rows_read={} plays_read={} users={} \
-                 rows_written={} chart_rows={} seconds={:.3}",
+                 rows_written={} seconds={:.3}",
                 progress.minute_rows_read,
                 progress.plays_read,
                 progress.users,
                 progress.rows_written,
-                progress.chart_rows,
                 progress.seconds
             ),
             DayResult::WouldRollUp { reason } => {
@@ -135,6 +135,29 @@ impl RollupJob {
         self.roll_up_days(&days, true, on_day).await
     }
 
+    /// The charts' hourly rows (see [`crate::charts`]) of every day of the window, today's
+    /// complete hours included, that need them, reporting each day as it is done.
+    pub async fn charts(
+        &self,
+        on_day: impl FnMut(&ChartOutcome),
+    ) -> Result<Vec<ChartOutcome>, RollupError> {
+        let window = Window::last_week(self.now);
+        let mut days = window.previous_days();
+        days.push(window.today());
+        roll_up_charts(self, &days, false, on_day).await
+    }
+
+    /// The charts of every day from `from` to `to`, whether rolled up before or not.
+    pub async fn backfill_charts(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+        on_day: impl FnMut(&ChartOutcome),
+    ) -> Result<Vec<ChartOutcome>, RollupError> {
+        let days = backfill_days(from, to, self.now)?;
+        roll_up_charts(self, &days, true, on_day).await
+    }
+
     /// `prune` (see [`crate::prune`]).
     pub async fn prune(
         &self,
@@ -150,14 +173,7 @@ impl RollupJob {
         backfill: bool,
         mut on_day: impl FnMut(&DayOutcome),
     ) -> Result<Vec<DayOutcome>, RollupError> {
-        let plan = plan_days(
-            &self.client,
-            &self.placement,
-            days,
-            backfill,
-            self.chart_user_hour_cap,
-        )
-        .await?;
+        let plan = plan_days(&self.client, &self.placement, days, backfill).await?;
         let mut outcomes = Vec::with_capacity(plan.len());
         for (index, (day, action)) in plan.into_iter().enumerate() {
             let result = match action {
@@ -175,15 +191,7 @@ impl RollupJob {
                 }
                 DayAction::RollUp(reason) if self.dry_run => DayResult::WouldRollUp { reason },
                 DayAction::RollUp(reason) => {
-                    match roll_up_day(
-                        &self.client,
-                        &self.placement,
-                        day,
-                        self.slices,
-                        self.chart_user_hour_cap,
-                    )
-                    .await
-                    {
+                    match roll_up_day(&self.client, &self.placement, day, self.slices).await {
                         Ok(progress) => DayResult::RolledUp { reason, progress },
                         Err(error) => DayResult::Failed(error),
                     }
@@ -270,9 +278,19 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
         layout.warn_if_alters_are_unsafe(&job.client).await;
     }
     let print_day = |outcome: &DayOutcome| println!("{outcome}");
+    let print_chart = |outcome: &ChartOutcome| println!("{outcome}");
+    let mut chart_outcomes = Vec::new();
     let (day_outcomes, prune_after) = match command {
-        RollupCommand::Run { prune } => (job.run(print_day).await?, prune),
-        RollupCommand::Backfill { from, to } => (job.backfill(from, to, print_day).await?, false),
+        RollupCommand::Run { prune } => {
+            let days = job.run(print_day).await?;
+            chart_outcomes = job.charts(print_chart).await?;
+            (days, prune)
+        }
+        RollupCommand::Backfill { from, to } => {
+            let days = job.backfill(from, to, print_day).await?;
+            chart_outcomes = job.backfill_charts(from, to, print_chart).await?;
+            (days, false)
+        }
         RollupCommand::Restore {
             from,
             to,
@@ -315,7 +333,11 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
     let failed_days = day_outcomes
         .iter()
         .filter(|outcome| outcome.failed())
-        .count();
+        .count()
+        + chart_outcomes
+            .iter()
+            .filter(|outcome| outcome.failed())
+            .count();
     if prune_after {
         let outcomes = job
             .prune(config.daily_retention_days, |outcome| println!("{outcome}"))
@@ -338,8 +360,8 @@ pub async fn execute(config: &RollupConfig) -> Result<(), RollupError> {
     if failed_days > 0 {
         return Err(RollupError::StepsFailed {
             failed: failed_days,
-            attempted: day_outcomes.len(),
-            what: "days",
+            attempted: day_outcomes.len() + chart_outcomes.len(),
+            what: "days (top lists and charts)",
         });
     }
     Ok(())
@@ -397,8 +419,6 @@ mod tests {
             snapshot_partitions: Vec::new(),
             snapshot_newest_claim_ids: Vec::new(),
             snapshot_newest_max_seqs: Vec::new(),
-            chart_user_hour_cap: 0,
-            chart_rows: 0,
         };
         let outcome = DayOutcome {
             day: day(20),
@@ -412,7 +432,7 @@ mod tests {
         assert_eq!(
             outcome.to_string(),
             "[2/6] 2026-11-20 rolled up (new day): minute_rows_read=1200 plays_read=3400 \
-             users=56 rows_written=780 chart_rows=0 seconds=0.250"
+             users=56 rows_written=780 seconds=0.250"
         );
     }
 }

@@ -9,6 +9,7 @@
 //!   it) rather than lost.
 //! - A daily partition is dropped when its day is older than the retention (at least the
 //!   window, so the API never loses a day it reads).
+//! - A day's chart rows (`chart_minute`) are dropped with its minute partition.
 //! - A chart partition (`chart_hourly`) is dropped when its day is older than the chart
 //!   retention (16 days by default: a `7d` chart as of a day ago and its previous period).
 //! - A staging table is dropped when a crashed run left it more than a day ago.
@@ -18,7 +19,7 @@ use std::fmt;
 use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use topk_core::schema::{CHART_HOURLY, DAILY_TOP, PLAYS_MINUTE};
+use topk_core::schema::{CHART_HOURLY, CHART_MINUTE, DAILY_TOP, PLAYS_MINUTE};
 use topk_core::window::{Window, WINDOW_DAYS};
 
 use crate::day_state::{plan_days, DayAction, RollUpReason};
@@ -140,13 +141,9 @@ pub fn plan_prune(
         .filter(|day| **day < minute_cutoff)
     {
         steps.push(match inputs.old_day_actions.get(day) {
-            // A day outside the window whose chart rows are missing (rolled up before
-            // schema 10) keeps its top lists; its charts are not worth keeping the minutes.
-            Some(
-                DayAction::UpToDate { .. }
-                | DayAction::KeepRollupOfPrunedDay { .. }
-                | DayAction::RollUp(RollUpReason::ChartsOutdated),
-            ) => PruneStep::DropMinutePartition(*day),
+            Some(DayAction::UpToDate { .. } | DayAction::KeepRollupOfPrunedDay { .. }) => {
+                PruneStep::DropMinutePartition(*day)
+            }
             Some(DayAction::RollUp(RollUpReason::LateData)) => PruneStep::KeepMinutePartition {
                 day: *day,
                 changed_since_rollup: true,
@@ -219,7 +216,7 @@ pub async fn prune(
         .copied()
         .filter(|day| *day < first_minute_day_kept(now))
         .collect();
-    let old_day_actions = plan_days(client, placement, &old_days, false, job.chart_user_hour_cap)
+    let old_day_actions = plan_days(client, placement, &old_days, false)
         .await?
         .into_iter()
         .collect();
@@ -256,12 +253,25 @@ async fn perform(
     step: &PruneStep,
 ) -> Result<(), RollupError> {
     let (table, day) = match step {
-        PruneStep::DropMinutePartition(day) => (PLAYS_MINUTE, *day),
+        PruneStep::DropMinutePartition(day) => {
+            // The day's chart rows go with its minute rows (they are the same plays).
+            drop_partition(client, placement, CHART_MINUTE, *day).await?;
+            (PLAYS_MINUTE, *day)
+        }
         PruneStep::DropDailyPartition(day) => (DAILY_TOP, *day),
         PruneStep::DropChartPartition(day) => (CHART_HOURLY, *day),
         PruneStep::DropStagingTable(name) => return drop_staging_table(client, name).await,
         PruneStep::KeepMinutePartition { .. } => return Ok(()),
     };
+    drop_partition(client, placement, table, day).await
+}
+
+async fn drop_partition(
+    client: &clickhouse::Client,
+    placement: &Placement,
+    table: &str,
+    day: NaiveDate,
+) -> Result<(), RollupError> {
     placement
         .alter(
             client,
@@ -352,7 +362,13 @@ mod tests {
                 ),
                 (day(15), DayAction::RollUp(RollUpReason::NeverRolledUp)),
                 (day(16), late),
-                (day(13), DayAction::RollUp(RollUpReason::ChartsOutdated)),
+                (
+                    day(13),
+                    DayAction::UpToDate {
+                        rolled_up_at,
+                        snapshot_id: 1,
+                    },
+                ),
                 (
                     day(17),
                     DayAction::UpToDate {

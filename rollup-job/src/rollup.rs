@@ -1,15 +1,14 @@
 //! Rolling up one UTC day: the day's committed minute rows, summed per (user, song), become
-//! each user's top 50 in `daily_top`, and summed per (hour, region, song) under the charts'
-//! per-user cap, the day's `chart_hourly` rows, as a new *snapshot* of the day, recorded in
-//! `rollup_progress` together with exactly what it read.
+//! each user's top 50 in `daily_top`, as a new *snapshot* of the day, recorded in
+//! `rollup_progress` together with exactly what it read. (The charts' hourly rows have their
+//! own snapshots: [`crate::charts`].)
 //!
 //! Steps, each safe to interrupt at any point:
 //! 1. take a snapshot of what counts ([`CommittedFlushes`]): every read below applies it, so
 //!    rows of flushes not committed (a crash, a flush in flight, a zombie's late write) are
 //!    never rolled up, and rows committed later are recognisable as new;
 //! 2. insert the day's top lists into `daily_top`, tagged with a new snapshot id, with one
-//!    `INSERT .. SELECT` per slice of users inside ClickHouse, and the day's chart rows into
-//!    `chart_hourly` with the same id (one more `INSERT .. SELECT`);
+//!    `INSERT .. SELECT` per slice of users inside ClickHouse;
 //! 3. insert the progress row: the snapshot id and the heads of what it read. Readers use
 //!    the latest recorded snapshot of a day only, so a half-written snapshot (a crash in 2)
 //!    is never read;
@@ -24,7 +23,7 @@ use clickhouse::Row;
 use serde::Deserialize;
 use topk_core::committed::{CommittedFlushes, SnapshotHeads};
 use topk_core::schema::{
-    RollupProgressRow, CHART_HOURLY, DAILY_TOP, DAILY_TOP_SIZE, PLAYS_MINUTE, ROLLUP_PROGRESS,
+    RollupProgressRow, DAILY_TOP, DAILY_TOP_SIZE, PLAYS_MINUTE, ROLLUP_PROGRESS,
 };
 
 use topk_core::cluster::Placement;
@@ -83,40 +82,6 @@ ARRAY JOIN kept_songs AS kept_song, arrayEnumerate(kept_songs) AS song_rank";
 
 const DAILY_TOP_COLUMNS: &str = "day, user_id, rank, song_id, plays, user_songs, \
      user_truncated, user_cutoff_plays, snapshot_id";
-
-/// The day's chart rows (`chart_hourly`, see `topk_core::chart`), built inside ClickHouse
-/// like the top lists: each user's committed chart plays of a song per (UTC hour, region),
-/// capped, then summed per (hour, region, song) with the set of users who had a counted play.
-///
-/// Placeholders, in order: the day, the snapshot id, the cap, the day's start and end in epoch
-/// seconds, then the four arrays of the committed condition.
-const CHART_SELECT: &str = "
-SELECT
-    toDate(?) AS day,
-    hour,
-    region,
-    song_id,
-    sum(user_plays) AS plays,
-    uniqExactState(user_id) AS listeners,
-    toUInt64(?) AS snapshot_id
-FROM
-(
-    SELECT toStartOfHour(minute) AS hour, region, song_id, user_id,
-           least(toUInt64(?), sum(chart_plays)) AS user_plays
-    FROM {minutes}
-    WHERE minute >= toDateTime(?) AND minute < toDateTime(?) AND chart_plays > 0 AND {committed}
-    GROUP BY hour, region, song_id, user_id
-)
-GROUP BY hour, region, song_id";
-
-fn chart_insert_sql() -> String {
-    let select = CHART_SELECT
-        .replace("{minutes}", PLAYS_MINUTE)
-        .replace("{committed}", &CommittedFlushes::condition(""));
-    format!(
-        "INSERT INTO {CHART_HOURLY} (day, hour, region, song_id, plays, listeners, snapshot_id){select}"
-    )
-}
 
 /// The day's users are split into this many slices by default, each built by its own
 /// `INSERT .. SELECT`, concurrently (see [`roll_up_day`]).
@@ -183,7 +148,6 @@ pub async fn roll_up_day(
     placement: &Placement,
     day: NaiveDate,
     slices: u32,
-    chart_user_hour_cap: u64,
 ) -> Result<RollupProgressRow, RollupError> {
     let started = Instant::now();
     let insert_settings = placement
@@ -201,15 +165,6 @@ pub async fn roll_up_day(
         day,
         snapshot_id,
         slices,
-        &insert_settings,
-    )
-    .await?;
-    let chart_rows = write_chart_snapshot(
-        client,
-        &committed,
-        day,
-        snapshot_id,
-        chart_user_hour_cap,
         &insert_settings,
     )
     .await?;
@@ -231,8 +186,6 @@ pub async fn roll_up_day(
         snapshot_partitions: heads.partitions,
         snapshot_newest_claim_ids: heads.claim_ids,
         snapshot_newest_max_seqs: heads.max_seqs,
-        chart_user_hour_cap,
-        chart_rows,
     };
     let mut insert = client
         .insert::<RollupProgressRow>(ROLLUP_PROGRESS)
@@ -329,45 +282,6 @@ async fn write_snapshot(
     Ok(written)
 }
 
-/// Writes the day's chart rows tagged `snapshot_id` and returns how many there are.
-async fn write_chart_snapshot(
-    client: &clickhouse::Client,
-    committed: &CommittedFlushes,
-    day: NaiveDate,
-    snapshot_id: u64,
-    cap: u64,
-    insert_settings: &[(&'static str, String)],
-) -> Result<u64, RollupError> {
-    let mut query = client.query(&chart_insert_sql());
-    for (name, value) in insert_settings {
-        query = query.with_setting(*name, value.clone());
-    }
-    let query = query
-        .bind(day.to_string())
-        .bind(snapshot_id)
-        .bind(cap)
-        .bind(day_start_secs(day))
-        .bind(day_start_secs(next_day(day)));
-    committed
-        .bind(query)
-        .execute()
-        .await
-        .map_err(clickhouse_error(format!(
-            "writing snapshot {snapshot_id} of {day} into {CHART_HOURLY}"
-        )))?;
-    client
-        .query(&format!(
-            "SELECT count() FROM {CHART_HOURLY} WHERE day = toDate(?) AND snapshot_id = ?"
-        ))
-        .bind(day.to_string())
-        .bind(snapshot_id)
-        .fetch_one()
-        .await
-        .map_err(clickhouse_error(format!(
-            "counting the chart rows of snapshot {snapshot_id}"
-        )))
-}
-
 /// Deletes the rows of `day`'s snapshots older than `current` once `current` is older than
 /// [`SNAPSHOT_GRACE`] (readers have switched to it). Returns how many rows were scheduled
 /// for deletion (0: nothing to do, or too early).
@@ -385,7 +299,7 @@ pub async fn delete_superseded_snapshots(
     }
     // Only older snapshots: a newer one may be being written by a concurrent run.
     let mut superseded = 0;
-    for table in [DAILY_TOP, CHART_HOURLY] {
+    for table in [DAILY_TOP] {
         let rows: u64 = client
             .query(&format!(
                 "SELECT count() FROM {table} WHERE day = toDate(?) AND snapshot_id < ?"
@@ -402,7 +316,7 @@ pub async fn delete_superseded_snapshots(
     if superseded == 0 {
         return Ok(0);
     }
-    for table in [DAILY_TOP, CHART_HOURLY] {
+    for table in [DAILY_TOP] {
         placement
             .alter(
                 client,
@@ -459,17 +373,6 @@ mod tests {
         let sliced = rollup_insert_sql(true);
         assert_eq!(sliced.matches('?').count(), 10);
         assert!(sliced.contains(" AND cityHash64(user_id) % ? = ?\n"));
-    }
-
-    #[test]
-    fn chart_insert_sql_caps_per_user_hour_and_region() {
-        let sql = chart_insert_sql();
-        assert!(sql.starts_with("INSERT INTO chart_hourly (day, hour, region, song_id,"));
-        assert_eq!(sql.matches('?').count(), 9);
-        assert!(!sql.contains('{'), "{sql}");
-        assert!(sql.contains("least(toUInt64(?), sum(chart_plays))"));
-        assert!(sql.contains("GROUP BY hour, region, song_id, user_id"));
-        assert!(sql.contains("flush_seq <= transform(claim_id"));
     }
 
     #[test]

@@ -154,7 +154,6 @@ async fn main() {
                 &topk_core::cluster::Placement::SingleNode,
                 day,
                 variant_slices,
-                topk_core::chart::DEFAULT_USER_HOUR_CAP,
             )
             .await
             .unwrap();

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use chrono::Utc;
 use topk_core::claims::{claim_partition, Claim, ClaimOwner};
 use topk_core::db::ClickHouseOptions;
-use topk_core::schema::{FlushCommitRow, MinuteRow, FLUSH_COMMITS, PLAYS_MINUTE};
+use topk_core::schema::{
+    ChartMinuteRow, FlushCommitRow, MinuteRow, CHART_MINUTE, FLUSH_COMMITS, PLAYS_MINUTE,
+};
 use topk_core::window::day_number;
 
 /// The consumer group of the rows tests write directly.
@@ -70,13 +72,9 @@ pub async fn write_committed(clickhouse: &ClickHouseOptions, rows: &[MinuteRow])
             row.claim_id = claim.claim_id;
             row.flush_seq = 1;
         }
-        insert(&client, PLAYS_MINUTE, &rows).await;
-        let mut minute_days: Vec<u16> = rows
-            .iter()
-            .map(|row| day_number(row.minute.date_naive()))
-            .collect();
-        minute_days.sort_unstable();
-        minute_days.dedup();
+        insert_with_chart_rows(&client, &rows).await;
+        let (minute_days, minute_hours) =
+            topk_core::window::days_and_hours(rows.iter().map(|row| row.minute));
         let commit = FlushCommitRow {
             consumer_group: TEST_GROUP.to_owned(),
             topic,
@@ -93,6 +91,7 @@ pub async fn write_committed(clickhouse: &ClickHouseOptions, rows: &[MinuteRow])
             worker: "test-writer".to_owned(),
             flushed_at: Utc::now(),
             records_through_ms: 0,
+            minute_hours,
         };
         insert(&client, FLUSH_COMMITS, &[commit]).await;
         claims.push(claim);
@@ -118,7 +117,7 @@ pub async fn write_uncommitted(
             row.claim_id = claim.claim_id;
             row.flush_seq = 1;
         }
-        insert(&client, PLAYS_MINUTE, &rows).await;
+        insert_with_chart_rows(&client, &rows).await;
         claims.push(claim);
     }
     claims
@@ -165,6 +164,7 @@ pub async fn commit_through_in(
         worker: "test-writer".to_owned(),
         flushed_at: Utc::now(),
         records_through_ms: 0,
+        minute_hours: Vec::new(),
     };
     insert(&client, FLUSH_COMMITS, &[commit]).await;
     claim
@@ -202,8 +202,19 @@ pub async fn commit_first_flush(
         worker: "test-writer".to_owned(),
         flushed_at: Utc::now(),
         records_through_ms: 0,
+        minute_hours: Vec::new(),
     };
     insert(&clickhouse.client(), FLUSH_COMMITS, &[commit]).await;
+}
+
+/// Inserts minute rows and their chart rows (`chart_minute`), as a flush of the aggregator
+/// writes them.
+pub async fn insert_with_chart_rows(client: &clickhouse::Client, rows: &[MinuteRow]) {
+    insert(client, PLAYS_MINUTE, rows).await;
+    let chart_rows: Vec<ChartMinuteRow> = rows.iter().filter_map(ChartMinuteRow::of).collect();
+    if !chart_rows.is_empty() {
+        insert(client, CHART_MINUTE, &chart_rows).await;
+    }
 }
 
 /// The rows of each day's current rollup snapshot (the one readers read), snapshot ids zeroed

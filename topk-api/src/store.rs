@@ -56,7 +56,7 @@ mod coalesce;
 mod query;
 
 pub use catalog::SongMetadata;
-pub use charts::{ChartPage, ChartQuery, ChartScope, ChartSong, ChartSources, HourPart};
+pub use charts::{ChartPage, ChartPlan, ChartQuery, ChartScope, ChartSong, ChartSources, HourPart};
 
 use coalesce::Coalescer;
 pub use coalesce::{CoalesceCounts, CoalesceOptions};
@@ -77,7 +77,7 @@ struct Reader {
     query_timeout: Duration,
     plans: ReadPlanCache,
     /// The charts' plan: every day a chart and its previous period can reach.
-    chart_plans: ReadPlanCache,
+    chart_plans: PlanCache<ChartPlan>,
     placement: Placement,
 }
 
@@ -95,7 +95,7 @@ impl Store {
                 client,
                 query_timeout,
                 plans: ReadPlanCache::new(plan_ttl),
-                chart_plans: ReadPlanCache::new(plan_ttl),
+                chart_plans: PlanCache::new(plan_ttl),
                 placement,
             }),
             coalescer: coalesce.map(|options| Arc::new(Coalescer::new(options))),
@@ -211,9 +211,11 @@ impl Store {
             let reader = &self.reader;
             let plan = reader
                 .chart_plans
-                .get(&reader.client, &reader.placement, first_day, today)
+                .get(first_day, today, || {
+                    ChartPlan::read(&reader.client, first_day, today)
+                })
                 .await?;
-            charts::read_chart(&reader.client, &plan, today, query).await
+            charts::read_chart(&reader.client, &plan, query).await
         })
         .await
     }
@@ -239,9 +241,12 @@ impl Reader {
                 .checked_sub_days(chrono::Days::new(u64::from(WINDOW_DAYS)))
                 .unwrap_or(NaiveDate::MIN),
         );
+        let today = window.today();
         let read_plan = self
             .plans
-            .get(&self.client, &self.placement, first_day, window.today())
+            .get(first_day, today, || {
+                ReadPlan::read(&self.client, &self.placement, first_day, today)
+            })
             .await?;
         Ok(WindowPlan::new(window, &read_plan))
     }
@@ -438,7 +443,7 @@ impl ReadPlan {
 
 /// The oldest of the partitions' newest counted records (see [`ReadPlan::data_through`]):
 /// one row per partition of the commits that count in `committed`.
-async fn data_through(
+pub(crate) async fn data_through(
     client: &clickhouse::Client,
     committed: &CommittedFlushes,
 ) -> Result<Option<chrono::DateTime<chrono::Utc>>, clickhouse::error::Error> {
@@ -487,16 +492,35 @@ pub struct WindowSongs {
     pub data_through: Option<chrono::DateTime<chrono::Utc>>,
 }
 
-/// The read plan, read from ClickHouse at most once per `ttl` for a range of days (a request
-/// whose days fall outside the cached range reads it again).
+/// A plan of what the store knows about a range of days (see [`PlanCache`]).
+pub trait DayPlan: Clone {
+    fn first_day(&self) -> NaiveDate;
+    fn last_day(&self) -> NaiveDate;
+}
+
+impl DayPlan for ReadPlan {
+    fn first_day(&self) -> NaiveDate {
+        self.first_day
+    }
+
+    fn last_day(&self) -> NaiveDate {
+        self.last_day
+    }
+}
+
+/// A plan read from ClickHouse at most once per `ttl` for a range of days (a request whose
+/// days fall outside the cached range reads it again).
 #[derive(Debug)]
-pub struct ReadPlanCache {
+pub struct PlanCache<P> {
     ttl: Duration,
-    cached: RwLock<Option<(ReadPlan, Instant)>>,
+    cached: RwLock<Option<(P, Instant)>>,
     refresh: tokio::sync::Mutex<()>,
 }
 
-impl ReadPlanCache {
+/// The users' read plan, cached.
+pub type ReadPlanCache = PlanCache<ReadPlan>;
+
+impl<P: DayPlan> PlanCache<P> {
     pub fn new(ttl: Duration) -> Self {
         Self {
             ttl,
@@ -505,7 +529,7 @@ impl ReadPlanCache {
         }
     }
 
-    fn fresh(&self, first_day: NaiveDate, last_day: NaiveDate) -> Option<ReadPlan> {
+    fn fresh(&self, first_day: NaiveDate, last_day: NaiveDate) -> Option<P> {
         let cached = self
             .cached
             .read()
@@ -513,20 +537,21 @@ impl ReadPlanCache {
         cached
             .as_ref()
             .filter(|(plan, read_at)| {
-                plan.first_day <= first_day
-                    && last_day == plan.last_day
+                plan.first_day() <= first_day
+                    && last_day == plan.last_day()
                     && read_at.elapsed() < self.ttl
             })
             .map(|(plan, _)| plan.clone())
     }
 
-    async fn get(
+    /// The plan of the days from `first_day` to `last_day`: the cached one while fresh, else
+    /// the one `read` returns.
+    async fn get<F: std::future::Future<Output = Result<P, AppError>>>(
         &self,
-        client: &clickhouse::Client,
-        placement: &Placement,
         first_day: NaiveDate,
         last_day: NaiveDate,
-    ) -> Result<ReadPlan, AppError> {
+        read: impl FnOnce() -> F,
+    ) -> Result<P, AppError> {
         if let Some(plan) = self.fresh(first_day, last_day) {
             return Ok(plan);
         }
@@ -536,7 +561,7 @@ impl ReadPlanCache {
             return Ok(plan);
         }
         let read_at = Instant::now();
-        let plan = ReadPlan::read(client, placement, first_day, last_day).await?;
+        let plan = read().await?;
         *self
             .cached
             .write()
@@ -576,8 +601,6 @@ mod tests {
             snapshot_partitions: vec![0],
             snapshot_newest_claim_ids: vec![1 << 32],
             snapshot_newest_max_seqs: vec![4],
-            chart_user_hour_cap: 0,
-            chart_rows: 0,
         }
     }
 

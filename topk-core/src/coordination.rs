@@ -505,6 +505,7 @@ mod tests {
             worker: "w1".to_owned(),
             flushed_at: chrono::DateTime::UNIX_EPOCH,
             records_through_ms: 0,
+            minute_hours: Vec::new(),
         }
     }
 

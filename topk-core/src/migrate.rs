@@ -82,8 +82,8 @@ pub const MIGRATIONS: &[Migration] = &[
     },
     Migration {
         version: 10,
-        name: "0010_chart_hourly.sql",
-        sql: include_str!("../../sql/0010_chart_hourly.sql"),
+        name: "0010_charts.sql",
+        sql: include_str!("../../sql/0010_charts.sql"),
     },
 ];
 

@@ -14,9 +14,13 @@ pub const FLUSH_COMMITS: &str = "flush_commits";
 pub const COMMITTED_FLUSHES: &str = "committed_flushes";
 pub const DAILY_TOP: &str = "daily_top";
 pub const ROLLUP_PROGRESS: &str = "rollup_progress";
-/// Chart plays and listeners per (UTC hour, region, song), one snapshot per rolled-up day
+/// The chart-eligible minute rows ordered by time (see [`ChartMinuteRow`]).
+pub const CHART_MINUTE: &str = "chart_minute";
+/// Chart plays and listeners per (UTC hour, region, song), snapshots of days' complete hours
 /// (see [`crate::chart`]).
 pub const CHART_HOURLY: &str = "chart_hourly";
+/// The recorded chart snapshots (see [`ChartRollupRow`]).
+pub const CHART_ROLLUPS: &str = "chart_rollups";
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 /// The song catalog: one row per song per change (see [`SongRow`]).
 pub const SONGS: &str = "songs";
@@ -46,6 +50,60 @@ pub struct MinuteRow {
     pub region: String,
     /// How many of `plays` count for the charts ([`crate::event::PlayEvent::chart_eligible`]).
     pub chart_plays: u64,
+}
+
+/// A minute row's chart-eligible plays, ordered by time (`chart_minute`): written with the
+/// [`MinuteRow`] of the same flush, and counting exactly when it does.
+#[derive(Debug, Clone, PartialEq, Eq, Row, Serialize, Deserialize)]
+pub struct ChartMinuteRow {
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub minute: DateTime<Utc>,
+    pub region: String,
+    pub song_id: String,
+    pub user_id: String,
+    pub chart_plays: u64,
+    pub kafka_partition: u32,
+    pub claim_id: u64,
+    pub flush_seq: u64,
+}
+
+impl ChartMinuteRow {
+    /// The chart row of `row`, `None` when none of its plays count for the charts.
+    pub fn of(row: &MinuteRow) -> Option<Self> {
+        (row.chart_plays > 0).then(|| Self {
+            minute: row.minute,
+            region: row.region.clone(),
+            song_id: row.song_id.clone(),
+            user_id: row.user_id.clone(),
+            chart_plays: row.chart_plays,
+            kafka_partition: row.kafka_partition,
+            claim_id: row.claim_id,
+            flush_seq: row.flush_seq,
+        })
+    }
+}
+
+/// One recorded chart snapshot of a day (`chart_rollups`): its `chart_hourly` rows hold the
+/// day's hours before `hours_through`.
+#[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
+pub struct ChartRollupRow {
+    #[serde(with = "clickhouse::serde::chrono::date")]
+    pub day: NaiveDate,
+    /// `ms << 16 | random`, like a daily snapshot's: a later snapshot has a higher id.
+    pub snapshot_id: u64,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub hours_through: DateTime<Utc>,
+    /// The per-user cap its plays were counted with ([`crate::chart`]).
+    pub user_hour_cap: u64,
+    #[serde(with = "clickhouse::serde::chrono::datetime")]
+    pub rolled_up_at: DateTime<Utc>,
+    pub minute_rows_read: u64,
+    pub chart_rows: u64,
+    pub seconds: f64,
+    /// What it read (see [`RollupProgressRow::snapshot_partitions`]).
+    pub snapshot_partitions: Vec<u64>,
+    pub snapshot_newest_claim_ids: Vec<u64>,
+    pub snapshot_newest_max_seqs: Vec<u64>,
 }
 
 /// A song's catalog entry as `songs_current` holds it (the loader compares with it, the API
@@ -145,6 +203,10 @@ pub struct FlushCommitRow {
     /// readers report as how fresh the counts are.
     #[serde(default)]
     pub records_through_ms: i64,
+    /// The UTC hours (hours since 1970) this flush wrote minute rows for: how chart readers
+    /// find plays committed after an hour was rolled up. Empty on commits before schema 10.
+    #[serde(default)]
+    pub minute_hours: Vec<u32>,
 }
 
 /// One of a user's top songs of one UTC day.
@@ -189,11 +251,4 @@ pub struct RollupProgressRow {
     pub snapshot_partitions: Vec<u64>,
     pub snapshot_newest_claim_ids: Vec<u64>,
     pub snapshot_newest_max_seqs: Vec<u64>,
-    /// The per-user hourly cap the snapshot's `chart_hourly` rows were counted with
-    /// ([`crate::chart`]); 0: the rollup wrote no chart rows (before schema 10).
-    #[serde(default)]
-    pub chart_user_hour_cap: u64,
-    /// How many `chart_hourly` rows it wrote.
-    #[serde(default)]
-    pub chart_rows: u64,
 }

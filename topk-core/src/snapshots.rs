@@ -14,8 +14,46 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::NaiveDate;
 
 use crate::committed::{CommittedFlushes, SnapshotHeads};
-use crate::schema::{RollupProgressRow, FLUSH_COMMITS, ROLLUP_PROGRESS};
+use crate::schema::{
+    ChartRollupRow, RollupProgressRow, CHART_ROLLUPS, FLUSH_COMMITS, ROLLUP_PROGRESS,
+};
 use crate::window::{day_from_number, day_number};
+
+/// A recorded snapshot of one day and the heads of what it read: a daily rollup
+/// ([`RollupProgressRow`]) or a chart rollup ([`ChartRollupRow`]).
+pub trait DaySnapshot {
+    fn day(&self) -> NaiveDate;
+    /// Per Kafka partition: (partition, newest claim, its last committed flush).
+    fn heads(&self) -> (&[u64], &[u64], &[u64]);
+}
+
+impl DaySnapshot for RollupProgressRow {
+    fn day(&self) -> NaiveDate {
+        self.day
+    }
+
+    fn heads(&self) -> (&[u64], &[u64], &[u64]) {
+        (
+            &self.snapshot_partitions,
+            &self.snapshot_newest_claim_ids,
+            &self.snapshot_newest_max_seqs,
+        )
+    }
+}
+
+impl DaySnapshot for ChartRollupRow {
+    fn day(&self) -> NaiveDate {
+        self.day
+    }
+
+    fn heads(&self) -> (&[u64], &[u64], &[u64]) {
+        (
+            &self.snapshot_partitions,
+            &self.snapshot_newest_claim_ids,
+            &self.snapshot_newest_max_seqs,
+        )
+    }
+}
 
 /// The latest rollup of every day from `first` to `last` (inclusive) that has one (with
 /// snapshot id 0 for a rollup from before schema 4).
@@ -55,16 +93,12 @@ pub struct DayHeads {
 }
 
 impl DayHeads {
-    pub fn of<'a>(snapshots: impl IntoIterator<Item = &'a RollupProgressRow>) -> Self {
+    pub fn of<'a, S: DaySnapshot + 'a>(snapshots: impl IntoIterator<Item = &'a S>) -> Self {
         let mut heads = Self::default();
-        for progress in snapshots {
-            let day = u64::from(day_number(progress.day));
-            for ((partition, claim_id), max_seq) in progress
-                .snapshot_partitions
-                .iter()
-                .zip(&progress.snapshot_newest_claim_ids)
-                .zip(&progress.snapshot_newest_max_seqs)
-            {
+        for snapshot in snapshots {
+            let day = u64::from(day_number(snapshot.day()));
+            let (partitions, claim_ids, max_seqs) = snapshot.heads();
+            for ((partition, claim_id), max_seq) in partitions.iter().zip(claim_ids).zip(max_seqs) {
                 heads.keys.push(day * 65_536 + partition);
                 heads.claim_ids.push(*claim_id);
                 heads.max_seqs.push(*max_seq);
@@ -152,6 +186,53 @@ pub async fn days_with_new_commits(
     Ok(found.into_iter().map(day_from_number).collect())
 }
 
+/// The latest chart rollup of every day from `first` to `last` (inclusive) that has one.
+pub async fn latest_chart_rollups(
+    client: &clickhouse::Client,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Result<BTreeMap<NaiveDate, ChartRollupRow>, clickhouse::error::Error> {
+    let rows: Vec<ChartRollupRow> = client
+        .query(&format!(
+            "SELECT ?fields FROM {CHART_ROLLUPS} WHERE day >= toDate(?) AND day <= toDate(?) \
+             ORDER BY day, snapshot_id DESC LIMIT 1 BY day"
+        ))
+        .bind(first.to_string())
+        .bind(last.to_string())
+        .fetch_all()
+        .await?;
+    Ok(rows.into_iter().map(|row| (row.day, row)).collect())
+}
+
+/// The hours (hours since 1970) of the days of `snapshots` (current chart snapshots, by day)
+/// for which a flush that counts in `committed` wrote minute rows after the day's snapshot was
+/// taken (`flush_commits.minute_hours`; commits from before schema 10 list none, and cannot
+/// come after a chart snapshot).
+pub async fn hours_with_new_commits(
+    client: &clickhouse::Client,
+    committed: &CommittedFlushes,
+    snapshots: &BTreeMap<NaiveDate, ChartRollupRow>,
+) -> Result<BTreeSet<u32>, clickhouse::error::Error> {
+    if snapshots.is_empty() {
+        return Ok(BTreeSet::new());
+    }
+    let days: Vec<u16> = snapshots.keys().copied().map(day_number).collect();
+    let heads = DayHeads::of(snapshots.values());
+    let query = client
+        .query(&format!(
+            "SELECT DISTINCT hour FROM (SELECT arrayJoin(minute_hours) AS hour, kafka_partition, \
+             claim_id, flush_seq FROM {FLUSH_COMMITS} \
+             WHERE hasAny(minute_days, CAST(? AS Array(Date))) AND {committed}) \
+             WHERE has(CAST(? AS Array(UInt16)), toUInt16(intDiv(hour, 24))) AND {new}",
+            committed = CommittedFlushes::condition(""),
+            new = DayHeads::condition("intDiv(hour, 24)"),
+        ))
+        .bind(&days);
+    let query = committed.bind(query).bind(&days);
+    let found: Vec<u32> = heads.bind(query).fetch_all().await?;
+    Ok(found.into_iter().collect())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -170,8 +251,6 @@ mod tests {
             snapshot_partitions: heads.iter().map(|head| head.0).collect(),
             snapshot_newest_claim_ids: heads.iter().map(|head| head.1).collect(),
             snapshot_newest_max_seqs: heads.iter().map(|head| head.2).collect(),
-            chart_user_hour_cap: 0,
-            chart_rows: 0,
         }
     }
 

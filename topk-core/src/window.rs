@@ -43,6 +43,28 @@ pub fn day_number(day: NaiveDate) -> u16 {
     u16::try_from(days.max(0)).unwrap_or(u16::MAX)
 }
 
+/// The UTC hour holding `time`, as hours since 1970 (what `flush_commits.minute_hours` lists).
+pub fn hour_number(time: DateTime<Utc>) -> u32 {
+    u32::try_from(time.timestamp().div_euclid(3_600).max(0)).unwrap_or(u32::MAX)
+}
+
+/// The start of the UTC hour numbered `number` ([`hour_number`]).
+pub fn hour_start(number: u32) -> DateTime<Utc> {
+    DateTime::from_timestamp(i64::from(number) * 3_600, 0).unwrap_or_default()
+}
+
+/// The distinct days ([`day_number`]) and hours ([`hour_number`]) of `minutes`, each sorted: what
+/// a flush commit lists of its rows.
+pub fn days_and_hours(minutes: impl Iterator<Item = DateTime<Utc>>) -> (Vec<u16>, Vec<u32>) {
+    let mut days = std::collections::BTreeSet::new();
+    let mut hours = std::collections::BTreeSet::new();
+    for minute in minutes {
+        days.insert(day_number(minute.date_naive()));
+        hours.insert(hour_number(minute));
+    }
+    (days.into_iter().collect(), hours.into_iter().collect())
+}
+
 /// The day of a ClickHouse `Date` number.
 pub fn day_from_number(number: u16) -> NaiveDate {
     NaiveDate::default()

@@ -1,30 +1,107 @@
 //! Reading a chart (`topk_core::chart`): the top songs of everyone, of a region, a genre or an
 //! artist over a window, exact under the per-user cap.
 //!
-//! Each UTC day of the window is read from where it is complete ([`ChartSources`]):
+//! Each UTC hour of the window is read from where it is complete ([`ChartSources`]):
 //!
-//! - **a rolled-up day with no plays committed since its snapshot** (or whose minute rows are
-//!   gone): its whole hours from the snapshot's `chart_hourly` rows, one row per (hour,
-//!   region, song), already capped and summed;
-//! - **today, a day not rolled up, a day with plays committed after its snapshot, and the
-//!   part-hours at the window's edges**: the committed minute rows, each user's plays of a
-//!   song capped per (region, clock hour) by the query itself.
+//! - **an hour of a chart snapshot with no plays committed for it since** (`topk-rollup`
+//!   snapshots each day's complete hours, today's too, into `chart_hourly`): one row per
+//!   (hour, region, song), already capped and summed;
+//! - **the current hour, hours not rolled up yet or with plays committed since their snapshot,
+//!   and the part-hours at the window's edges**: the committed chart rows of `chart_minute`
+//!   (ordered by time, so an hour's rows are read alone), each user's plays of a song capped
+//!   per (region, clock hour) by the query itself.
 //!
 //! Both parts are summed per song in one query, which ranks every song of the window (plays
 //! descending, then `song_id` ascending) and returns the page and the count. Two more queries,
 //! run at once, read the page's listeners (uniqExact states of the hours merged with the
 //! minute rows' users) and the page's ranks in the previous period.
 
-use chrono::{DateTime, Days, NaiveDate, Utc};
+use std::collections::{BTreeMap, BTreeSet};
+
+use chrono::{DateTime, Duration, NaiveDate, Utc};
 use clickhouse::Row;
 use serde::Deserialize;
 use topk_core::chart::{ceil_to, floor_to, ChartSpan};
 use topk_core::committed::CommittedFlushes;
-use topk_core::schema::{CHART_HOURLY, PLAYS_MINUTE, SONGS_CURRENT};
-use topk_core::window::day_start;
+use topk_core::schema::{ChartRollupRow, CHART_HOURLY, CHART_MINUTE, SONGS_CURRENT};
+use topk_core::snapshots::{hours_with_new_commits, latest_chart_rollups};
+use topk_core::window::hour_number;
 
-use super::{timed, ReadPlan};
+use super::{data_through, timed, DayPlan};
 use crate::error::AppError;
+
+/// What the store knows about the charts' days.
+#[derive(Debug, Clone, Default)]
+pub struct ChartPlan {
+    pub first_day: NaiveDate,
+    pub last_day: NaiveDate,
+    /// What counts.
+    pub committed: CommittedFlushes,
+    /// The current chart snapshot of each day that has one.
+    pub snapshots: BTreeMap<NaiveDate, ChartRollupRow>,
+    /// Hours (since 1970) with plays committed after their day's snapshot.
+    pub late_hours: BTreeSet<u32>,
+    /// See [`super::ReadPlan::data_through`].
+    pub data_through: Option<DateTime<Utc>>,
+}
+
+impl DayPlan for ChartPlan {
+    fn first_day(&self) -> NaiveDate {
+        self.first_day
+    }
+
+    fn last_day(&self) -> NaiveDate {
+        self.last_day
+    }
+}
+
+impl ChartPlan {
+    /// Reads the plan of the days from `first_day` to `last_day`.
+    pub async fn read(
+        client: &clickhouse::Client,
+        first_day: NaiveDate,
+        last_day: NaiveDate,
+    ) -> Result<Self, AppError> {
+        let committed = timed("committed_flushes", async {
+            CommittedFlushes::read(client)
+                .await
+                .map_err(|error| match error {
+                    topk_core::committed::CommittedError::ClickHouse(error) => error,
+                    other => clickhouse::error::Error::Custom(other.to_string()),
+                })
+        })
+        .await?;
+        let snapshots = timed(
+            "chart_snapshots",
+            latest_chart_rollups(client, first_day, last_day),
+        )
+        .await?;
+        let late_hours = timed(
+            "chart_late_hours",
+            hours_with_new_commits(client, &committed, &snapshots),
+        )
+        .await?;
+        let data_through = timed("data_through", data_through(client, &committed)).await?;
+        Ok(Self {
+            first_day,
+            last_day,
+            committed,
+            snapshots,
+            late_hours,
+            data_through,
+        })
+    }
+
+    /// The snapshot whose `chart_hourly` rows hold the hour starting at `hour` completely,
+    /// counted with `cap`, if any.
+    pub fn hour_snapshot(&self, hour: DateTime<Utc>, cap: u64) -> Option<u64> {
+        let snapshot = self.snapshots.get(&hour.date_naive())?;
+        let complete = snapshot.user_hour_cap == cap
+            && hour < snapshot.hours_through
+            && !self.late_hours.contains(&hour_number(hour));
+        complete.then_some(snapshot.snapshot_id)
+    }
+}
 
 /// Whose songs a chart ranks.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,7 +154,7 @@ pub struct ChartPage {
     /// How many songs have counted plays in the window (in the scope).
     pub total: u64,
     pub songs: Vec<ChartSong>,
-    /// See [`ReadPlan::data_through`].
+    /// See [`super::ReadPlan::data_through`].
     pub data_through: Option<DateTime<Utc>>,
 }
 
@@ -121,36 +198,39 @@ pub struct ChartSources {
 }
 
 impl ChartSources {
-    /// Where `span` is read from, given what `plan` knows of its days, `today` and the
-    /// cap the API counts with.
-    pub fn of(span: &ChartSpan, plan: &ReadPlan, today: NaiveDate, cap: u64) -> Self {
+    /// Where `span` is read from, given what `plan` knows and the cap the API counts with.
+    pub fn of(span: &ChartSpan, plan: &ChartPlan, cap: u64) -> Self {
         let mut sources = Self::default();
-        let mut day = span.from.date_naive();
-        while day_start(day) < span.to {
-            let next = day.checked_add_days(Days::new(1)).unwrap_or(day);
-            let from = span.from.max(day_start(day));
-            let to = span.to.min(day_start(next));
-            let hour = chrono::Duration::hours(1);
-            let (first_hour, end_hour) = (ceil_to(from, hour), floor_to(to, hour));
-            match plan.chart_snapshot(day, today, cap) {
-                Some(snapshot_id) if first_hour < end_hour => {
-                    sources.add_minutes(from, first_hour);
-                    sources.hours.push(HourPart {
-                        day,
-                        snapshot_id,
-                        from: first_hour,
-                        to: end_hour,
-                    });
-                    sources.add_minutes(end_hour, to);
-                }
-                _ => sources.add_minutes(from, to),
-            }
-            if next == day {
-                break;
-            }
-            day = next;
+        let hour = Duration::hours(1);
+        let (first_hour, end_hour) = (ceil_to(span.from, hour), floor_to(span.to, hour));
+        if first_hour >= end_hour {
+            sources.add_minutes(span.from, span.to);
+            return sources;
         }
+        sources.add_minutes(span.from, first_hour);
+        let mut start = first_hour;
+        while start < end_hour {
+            match plan.hour_snapshot(start, cap) {
+                Some(snapshot_id) => sources.add_hour(start, snapshot_id),
+                None => sources.add_minutes(start, start + hour),
+            }
+            start += hour;
+        }
+        sources.add_minutes(end_hour, span.to);
         sources
+    }
+
+    fn add_hour(&mut self, start: DateTime<Utc>, snapshot_id: u64) {
+        let end = start + Duration::hours(1);
+        match self.hours.last_mut() {
+            Some(last) if last.snapshot_id == snapshot_id && last.to == start => last.to = end,
+            _ => self.hours.push(HourPart {
+                day: start.date_naive(),
+                snapshot_id,
+                from: start,
+                to: end,
+            }),
+        }
     }
 
     fn add_minutes(&mut self, from: DateTime<Utc>, to: DateTime<Utc>) {
@@ -161,20 +241,6 @@ impl ChartSources {
             Some(last) if last.1 == from => last.1 = to,
             _ => self.minutes.push((from, to)),
         }
-    }
-}
-
-impl ReadPlan {
-    /// The snapshot whose `chart_hourly` rows hold `day` completely, if any: a day before
-    /// `today` rolled up with `cap`, without plays committed since (unless its minute rows
-    /// are gone, when the snapshot is all there is).
-    pub fn chart_snapshot(&self, day: NaiveDate, today: NaiveDate, cap: u64) -> Option<u64> {
-        let snapshot = self.snapshots.get(&day).filter(|_| day < today)?;
-        if snapshot.chart_user_hour_cap != cap {
-            return None;
-        }
-        let late = self.late_days.contains(&day) && self.minute_days.contains(&day);
-        (!late).then_some(snapshot.snapshot_id)
     }
 }
 
@@ -299,7 +365,7 @@ fn parts_sql(
             Some(bind) => sql.bind(columns.minute, bind.clone()),
             None => sql.push(columns.minute),
         };
-        sql.push(&format!(" AS value FROM {PLAYS_MINUTE} WHERE ("));
+        sql.push(&format!(" AS value FROM {CHART_MINUTE} WHERE ("));
         for (index, (from, to)) in sources.minutes.iter().enumerate() {
             if index > 0 {
                 sql.push(" OR ");
@@ -310,7 +376,7 @@ fn parts_sql(
                     Bind::Number(epoch_secs(*to)),
                 );
         }
-        sql.push(") AND chart_plays > 0 AND ");
+        sql.push(") AND ");
         sql.bind(&CommittedFlushes::condition(""), Bind::Committed);
         sql.push(&scope_condition);
         if let Some(bind) = &scope_bind {
@@ -381,11 +447,10 @@ struct SongListeners {
 /// Reads one page of a chart (see the module docs).
 pub(super) async fn read_chart(
     client: &clickhouse::Client,
-    plan: &ReadPlan,
-    today: NaiveDate,
+    plan: &ChartPlan,
     query: &ChartQuery,
 ) -> Result<ChartPage, AppError> {
-    let sources = ChartSources::of(&query.span, plan, today, query.user_hour_cap);
+    let sources = ChartSources::of(&query.span, plan, query.user_hour_cap);
     let mut page_sql = Sql::default();
     page_sql
         .bind(
@@ -423,7 +488,7 @@ pub(super) async fn read_chart(
         });
     }
     let listeners = read_listeners(client, plan, &sources, &query.scope, &page.songs);
-    let previous = ChartSources::of(&query.span.previous(), plan, today, query.user_hour_cap);
+    let previous = ChartSources::of(&query.span.previous(), plan, query.user_hour_cap);
     let prev_ranks = read_ranks(client, plan, &previous, query, &page.songs);
     let (listeners, prev_ranks) = tokio::try_join!(listeners, prev_ranks)?;
     let songs = page
@@ -452,7 +517,7 @@ pub(super) async fn read_chart(
 
 async fn read_listeners(
     client: &clickhouse::Client,
-    plan: &ReadPlan,
+    plan: &ChartPlan,
     sources: &ChartSources,
     scope: &ChartScope,
     songs: &[String],
@@ -481,7 +546,7 @@ async fn read_listeners(
 /// The rank of each of `songs` in the chart of `sources` (0: not in it).
 async fn read_ranks(
     client: &clickhouse::Client,
-    plan: &ReadPlan,
+    plan: &ChartPlan,
     sources: &ChartSources,
     query: &ChartQuery,
     songs: &[String],
@@ -503,9 +568,7 @@ async fn read_ranks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::{BTreeMap, BTreeSet};
     use topk_core::chart::ChartWindow;
-    use topk_core::schema::RollupProgressRow;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().to_utc()
@@ -515,132 +578,145 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn snapshot(day: NaiveDate, snapshot_id: u64, cap: u64) -> RollupProgressRow {
-        RollupProgressRow {
+    fn snapshot(day: NaiveDate, snapshot_id: u64, hours_through: &str, cap: u64) -> ChartRollupRow {
+        ChartRollupRow {
             day,
-            rolled_up_at: at("2026-11-30T01:00:00Z"),
-            minute_rows_read: 1,
-            plays_read: 1,
-            users: 1,
-            rows_written: 1,
-            seconds: 0.0,
             snapshot_id,
+            hours_through: at(hours_through),
+            user_hour_cap: cap,
+            rolled_up_at: at("2026-11-30T12:05:00Z"),
+            minute_rows_read: 1,
+            chart_rows: 1,
+            seconds: 0.0,
             snapshot_partitions: Vec::new(),
             snapshot_newest_claim_ids: Vec::new(),
             snapshot_newest_max_seqs: Vec::new(),
-            chart_user_hour_cap: cap,
-            chart_rows: 1,
         }
     }
 
-    fn plan() -> ReadPlan {
-        let days: Vec<NaiveDate> = day("2026-11-20")
-            .iter_days()
-            .take_while(|day| *day <= day_of("2026-11-30"))
-            .collect();
-        ReadPlan {
-            first_day: days[0],
-            last_day: *days.last().unwrap(),
-            snapshots: BTreeMap::from([
-                (day("2026-11-27"), snapshot(day("2026-11-27"), 27, 20)),
-                (day("2026-11-28"), snapshot(day("2026-11-28"), 28, 20)),
-                // Rolled up before the charts.
-                (day("2026-11-26"), snapshot(day("2026-11-26"), 26, 0)),
-                // Late plays since.
-                (day("2026-11-29"), snapshot(day("2026-11-29"), 29, 20)),
-            ]),
-            late_days: BTreeSet::from([day("2026-11-29")]),
-            minute_days: days.iter().copied().collect(),
-            ..ReadPlan::default()
+    /// Snapshots of 11-27 and 11-28 (whole), 11-26 (another cap), 11-29 (a late hour at
+    /// 05:00) and today up to 10:00.
+    fn plan() -> ChartPlan {
+        let snapshots = [
+            snapshot(day("2026-11-27"), 27, "2026-11-28T00:00:00Z", 20),
+            snapshot(day("2026-11-28"), 28, "2026-11-29T00:00:00Z", 20),
+            snapshot(day("2026-11-26"), 26, "2026-11-27T00:00:00Z", 5),
+            snapshot(day("2026-11-29"), 29, "2026-11-30T00:00:00Z", 20),
+            snapshot(day("2026-11-30"), 30, "2026-11-30T10:00:00Z", 20),
+        ];
+        ChartPlan {
+            first_day: day("2026-11-14"),
+            last_day: day("2026-11-30"),
+            snapshots: snapshots.into_iter().map(|row| (row.day, row)).collect(),
+            late_hours: BTreeSet::from([hour_number(at("2026-11-29T05:00:00Z"))]),
+            ..ChartPlan::default()
         }
     }
 
-    fn day_of(text: &str) -> NaiveDate {
-        day(text)
+    fn part(day_text: &str, snapshot_id: u64, from: &str, to: &str) -> HourPart {
+        HourPart {
+            day: day(day_text),
+            snapshot_id,
+            from: at(from),
+            to: at(to),
+        }
     }
 
     #[test]
-    fn whole_hours_of_complete_days_come_from_their_snapshot_the_rest_from_minutes() {
-        let today = day("2026-11-30");
+    fn complete_hours_come_from_their_snapshot_the_rest_from_minutes() {
         let span = ChartWindow::Week.span(at("2026-11-30T12:34:20Z"));
-        let sources = ChartSources::of(&span, &plan(), today, 20);
+        let sources = ChartSources::of(&span, &plan(), 20);
         assert_eq!(
             sources.hours,
             vec![
-                HourPart {
-                    day: day("2026-11-27"),
-                    snapshot_id: 27,
-                    from: at("2026-11-27T00:00:00Z"),
-                    to: at("2026-11-28T00:00:00Z"),
-                },
-                HourPart {
-                    day: day("2026-11-28"),
-                    snapshot_id: 28,
-                    from: at("2026-11-28T00:00:00Z"),
-                    to: at("2026-11-29T00:00:00Z"),
-                },
+                part(
+                    "2026-11-27",
+                    27,
+                    "2026-11-27T00:00:00Z",
+                    "2026-11-28T00:00:00Z"
+                ),
+                part(
+                    "2026-11-28",
+                    28,
+                    "2026-11-28T00:00:00Z",
+                    "2026-11-29T00:00:00Z"
+                ),
+                part(
+                    "2026-11-29",
+                    29,
+                    "2026-11-29T00:00:00Z",
+                    "2026-11-29T05:00:00Z"
+                ),
+                part(
+                    "2026-11-29",
+                    29,
+                    "2026-11-29T06:00:00Z",
+                    "2026-11-30T00:00:00Z"
+                ),
+                part(
+                    "2026-11-30",
+                    30,
+                    "2026-11-30T00:00:00Z",
+                    "2026-11-30T10:00:00Z"
+                ),
             ]
         );
         assert_eq!(
             sources.minutes,
             vec![
                 (span.from, at("2026-11-27T00:00:00Z")),
-                (at("2026-11-29T00:00:00Z"), span.to),
+                (at("2026-11-29T05:00:00Z"), at("2026-11-29T06:00:00Z")),
+                (at("2026-11-30T10:00:00Z"), span.to),
             ]
         );
-        // Another cap: nothing from the snapshots.
-        let other = ChartSources::of(&span, &plan(), today, 5);
-        assert!(other.hours.is_empty());
-        assert_eq!(other.minutes, vec![(span.from, span.to)]);
+        // Another cap: nothing from the snapshots but 11-26's.
+        let other = ChartSources::of(&span, &plan(), 5);
+        assert_eq!(
+            other.hours,
+            vec![part(
+                "2026-11-26",
+                26,
+                "2026-11-26T00:00:00Z",
+                "2026-11-27T00:00:00Z"
+            )]
+        );
     }
 
     #[test]
-    fn a_sliding_days_part_hours_come_from_minutes() {
-        let today = day("2026-11-29");
-        let span = ChartWindow::Day.span(at("2026-11-28T12:34:20Z"));
-        let sources = ChartSources::of(&span, &plan(), today, 20);
+    fn a_sliding_hour_inside_one_clock_hour_is_read_from_minutes() {
+        let span = ChartWindow::Hour.span(at("2026-11-30T09:34:20Z"));
+        let sources = ChartSources::of(&span, &plan(), 20);
+        assert!(sources.hours.is_empty());
+        assert_eq!(sources.minutes, vec![(span.from, span.to)]);
+        let on_the_hour = ChartWindow::Hour.span(at("2026-11-30T09:00:00Z"));
+        let sources = ChartSources::of(&on_the_hour, &plan(), 20);
         assert_eq!(
             sources.hours,
-            vec![
-                HourPart {
-                    day: day("2026-11-27"),
-                    snapshot_id: 27,
-                    from: at("2026-11-27T13:00:00Z"),
-                    to: at("2026-11-28T00:00:00Z"),
-                },
-                HourPart {
-                    day: day("2026-11-28"),
-                    snapshot_id: 28,
-                    from: at("2026-11-28T00:00:00Z"),
-                    to: at("2026-11-28T12:00:00Z"),
-                },
-            ]
+            vec![part(
+                "2026-11-30",
+                30,
+                "2026-11-30T08:00:00Z",
+                "2026-11-30T09:00:00Z"
+            )]
         );
-        assert_eq!(
-            sources.minutes,
-            vec![
-                (span.from, at("2026-11-27T13:00:00Z")),
-                (at("2026-11-28T12:00:00Z"), span.to),
-            ]
-        );
+        assert!(sources.minutes.is_empty());
     }
 
     #[test]
     fn the_capped_value_is_bound_before_the_minute_parts_ranges() {
-        let today = day("2026-11-30");
         let span = ChartWindow::Week.span(at("2026-11-30T12:34:20Z"));
-        let sources = ChartSources::of(&span, &plan(), today, 20);
+        let sources = ChartSources::of(&span, &plan(), 20);
         let scope = ChartScope::Region("DE".to_owned());
         let sql = ranked_sql(&sources, &scope, 20, false);
         let binds = sql.binds.len();
-        // Hours: 2 parts × 4 + region; minutes: cap + 2 ranges × 2 + committed + region.
-        assert_eq!(binds, 2 * 4 + 1 + 1 + 2 * 2 + 1 + 1);
+        // Hours: 5 parts × 4 + region; minutes: cap + 3 ranges × 2 + committed + region.
+        assert_eq!(binds, 5 * 4 + 1 + 1 + 3 * 2 + 1 + 1);
         assert_eq!(sql.text.matches('?').count(), binds - 1 + 4, "{}", sql.text);
-        // After the hours' 2 × 4 binds and the region.
-        assert!(matches!(sql.binds[9], Bind::Number(20)));
+        // After the hours' 5 × 4 binds and the region.
+        assert!(matches!(sql.binds[21], Bind::Number(20)));
         let cap_in_text = sql.text.find("least(toUInt64(?)").unwrap();
         let chart_hourly = sql.text.find("FROM chart_hourly").unwrap();
-        let minutes = sql.text.find("FROM plays_minute").unwrap();
+        let minutes = sql.text.find("FROM chart_minute").unwrap();
         assert!(chart_hourly < cap_in_text && cap_in_text < minutes);
     }
 }

@@ -244,8 +244,6 @@ impl World {
             snapshot_partitions: heads.partitions,
             snapshot_newest_claim_ids: heads.claim_ids,
             snapshot_newest_max_seqs: heads.max_seqs,
-            chart_user_hour_cap: 0,
-            chart_rows: 0,
         };
         self.snapshots.insert(day, Snapshot { progress, lists });
     }

@@ -23,6 +23,7 @@ use nodes::ClusterNodes;
 pub const SHARDED_TABLES: &[(&str, &str)] = &[
     ("plays_minute", "cityHash64(user_id)"),
     ("daily_top", "cityHash64(user_id)"),
+    ("chart_minute", "cityHash64(user_id)"),
 ];
 
 /// Where the schema lives on a cluster.
