@@ -27,7 +27,7 @@ use topk_core::window::{day_start, hour_number};
 use crate::day_state::{day_start_secs, next_day};
 use crate::error::{clickhouse_error, RollupError};
 use crate::prune::list_day_partitions;
-use crate::rollup::{new_snapshot_id, snapshot_time, SNAPSHOT_GRACE};
+use crate::rollup::{snapshot_time, SnapshotStart, SNAPSHOT_GRACE};
 
 /// The hours' chart rows, built inside ClickHouse: each user's committed chart plays of a
 /// song per (UTC hour, region), capped, then summed per (hour, region, song) with the set of
@@ -217,14 +217,11 @@ pub async fn roll_up_chart_day(
     cap: u64,
 ) -> Result<ChartRollupRow, RollupError> {
     let started = Instant::now();
-    let insert_settings = placement
-        .all_replicas_insert_settings(client)
-        .await
-        .map_err(RollupError::Cluster)?;
-    let committed = CommittedFlushes::read(client)
-        .await
-        .map_err(|error| RollupError::Committed(error.to_string()))?;
-    let snapshot_id = new_snapshot_id(Utc::now());
+    let SnapshotStart {
+        insert_settings,
+        committed,
+        snapshot_id,
+    } = SnapshotStart::take(client, placement).await?;
     let start = day_start_secs(day);
     let end = u32::try_from(through.timestamp().max(0)).unwrap_or(u32::MAX);
     let read = client.query(&format!(

@@ -130,6 +130,34 @@ struct CommittedDay {
     plays: u64,
 }
 
+/// What a snapshot (of top lists or of charts) starts from: the settings of its inserts (see
+/// `Placement::all_replicas_insert_settings`), what counts, and its new id.
+pub(crate) struct SnapshotStart {
+    pub insert_settings: Vec<(&'static str, String)>,
+    pub committed: CommittedFlushes,
+    pub snapshot_id: u64,
+}
+
+impl SnapshotStart {
+    pub async fn take(
+        client: &clickhouse::Client,
+        placement: &Placement,
+    ) -> Result<Self, RollupError> {
+        let insert_settings = placement
+            .all_replicas_insert_settings(client)
+            .await
+            .map_err(RollupError::Cluster)?;
+        let committed = CommittedFlushes::read(client)
+            .await
+            .map_err(|error| RollupError::Committed(error.to_string()))?;
+        Ok(Self {
+            insert_settings,
+            committed,
+            snapshot_id: new_snapshot_id(Utc::now()),
+        })
+    }
+}
+
 /// Rolls up `day` (see the module docs) and returns the progress row it recorded.
 ///
 /// With `slices` > 1 the users are split by `cityHash64(user_id) % slices` and each slice
@@ -150,14 +178,11 @@ pub async fn roll_up_day(
     slices: u32,
 ) -> Result<RollupProgressRow, RollupError> {
     let started = Instant::now();
-    let insert_settings = placement
-        .all_replicas_insert_settings(client)
-        .await
-        .map_err(RollupError::Cluster)?;
-    let committed = CommittedFlushes::read(client)
-        .await
-        .map_err(|error| RollupError::Committed(error.to_string()))?;
-    let snapshot_id = new_snapshot_id(Utc::now());
+    let SnapshotStart {
+        insert_settings,
+        committed,
+        snapshot_id,
+    } = SnapshotStart::take(client, placement).await?;
     let read = committed_day(client, &committed, day).await?;
     let written = write_snapshot(
         client,

@@ -1,7 +1,7 @@
 //! Driving the aggregator end to end: produce generated events, run `topk-aggregator`
 //! processes, wait until they drained the topic, and read back what they wrote.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use clickhouse::Row;
@@ -364,6 +364,29 @@ impl Pipeline {
             .collect()
     }
 
+    /// Per-(user, song, minute, region) sums of the committed rows of `chart_minute` (the
+    /// chart plays ordered by time), read with the committed rule every reader applies.
+    pub async fn chart_minute_counts(&self) -> BTreeMap<(String, String, i64, String), u64> {
+        let client = self.clickhouse.client();
+        let committed = topk_core::committed::CommittedFlushes::read(&client)
+            .await
+            .expect("read what counts");
+        let query = client.query(&format!(
+            "SELECT user_id, song_id, toInt64(toUInt32(minute)) AS minute, region, \
+             sum(chart_plays) AS chart_plays FROM chart_minute WHERE {} \
+             GROUP BY user_id, song_id, minute, region",
+            topk_core::committed::CommittedFlushes::condition("")
+        ));
+        let rows: Vec<(String, String, i64, String, u64)> = committed
+            .bind(query)
+            .fetch_all()
+            .await
+            .expect("read chart_minute sums");
+        rows.into_iter()
+            .map(|(user, song, minute, region, plays)| ((user, song, minute, region), plays))
+            .collect()
+    }
+
     /// Every message on the dead-letter topic: payload and headers.
     pub fn dead_letters(&self, expected: usize, timeout: Duration) -> Vec<DeadLetter> {
         let consumer: BaseConsumer = ClientConfig::new()
@@ -440,8 +463,9 @@ impl Pipeline {
     }
 
     /// Asserts the committed rows hold exactly the valid, distinct plays of `messages`: the
-    /// users' per-minute counts ([`Self::assert_counts_equal`]) and, per region, the plays and
-    /// the chart-eligible plays (the aggregator's default `--chart-min-played-ms`).
+    /// users' per-minute counts ([`Self::assert_counts_equal`]), per region the plays and the
+    /// chart-eligible plays (the aggregator's default `--chart-min-played-ms`), and the same
+    /// chart-eligible plays in `chart_minute`.
     pub async fn assert_rows_equal(
         &self,
         messages: &[GeneratedMessage],
@@ -452,6 +476,34 @@ impl Pipeline {
         let expected = expected_row_counts(messages, topk_core::event::DEFAULT_CHART_MIN_PLAYED_MS);
         let actual = self.row_counts().await;
         if expected == actual {
+            // The charts' own copy, ordered by time, holds the same chart plays.
+            let expected_chart: BTreeMap<(String, String, i64, String), u64> = expected
+                .into_iter()
+                .filter(|(_, (_, chart_plays))| *chart_plays > 0)
+                .map(|(key, (_, chart_plays))| (key, chart_plays))
+                .collect();
+            let chart = self.chart_minute_counts().await;
+            if chart != expected_chart {
+                let differing: Vec<String> = expected_chart
+                    .iter()
+                    .filter(|(key, plays)| chart.get(*key) != Some(*plays))
+                    .map(|(key, plays)| {
+                        format!("{key:?}: expected {plays}, got {:?}", chart.get(key))
+                    })
+                    .chain(
+                        chart
+                            .iter()
+                            .filter(|(key, _)| !expected_chart.contains_key(*key))
+                            .map(|(key, plays)| format!("{key:?}: expected none, got {plays}")),
+                    )
+                    .collect();
+                panic!(
+                    "{} chart_minute keys differ; first: {}\n{}",
+                    differing.len(),
+                    differing.into_iter().take(5).collect::<Vec<_>>().join("; "),
+                    aggregator.log_tail(30)
+                );
+            }
             return;
         }
         let mut lines = Vec::new();

@@ -13,7 +13,7 @@ use topk_core::chart::{ChartWindow, MAX_AS_OF_AGE};
 
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::routes::{cacheable, check_path_id, content_tag, parse_include};
+use crate::routes::{cacheable, catalog_entries, check_path_id, content_tag, parse_include};
 use crate::store::{ChartQuery, ChartScope};
 use crate::AppState;
 
@@ -340,19 +340,15 @@ pub async fn top_songs(
             })
             .collect(),
     };
-    if params.metadata && !body.songs.is_empty() {
+    if params.metadata {
         let song_ids: Vec<&str> = body
             .songs
             .iter()
             .map(|song| song.song_id.as_str())
             .collect();
-        let mut entries = state.store().songs_metadata(&song_ids).await?;
-        for song in &mut body.songs {
-            let entry = entries.remove(&song.song_id);
-            song.metadata =
-                Some(serde_json::to_value(entry).map_err(|error| {
-                    AppError::Internal(format!("song metadata as JSON: {error}"))
-                })?);
+        let entries = catalog_entries(&state, &song_ids).await?;
+        for (song, entry) in body.songs.iter_mut().zip(entries) {
+            song.metadata = Some(entry);
         }
     }
     let etag = content_tag(&json!({

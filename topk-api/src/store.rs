@@ -374,15 +374,7 @@ impl ReadPlan {
         first_day: NaiveDate,
         last_day: NaiveDate,
     ) -> Result<Self, AppError> {
-        let committed = timed("committed_flushes", async {
-            CommittedFlushes::read(client)
-                .await
-                .map_err(|error| match error {
-                    topk_core::committed::CommittedError::ClickHouse(error) => error,
-                    other => clickhouse::error::Error::Custom(other.to_string()),
-                })
-        })
-        .await?;
+        let committed = read_committed(client).await?;
         let snapshots: BTreeMap<NaiveDate, RollupProgressRow> = timed(
             "rollup_snapshots",
             latest_rollups(client, first_day, last_day),
@@ -439,6 +431,21 @@ impl ReadPlan {
             late: self.late_days.contains(&day),
         }
     }
+}
+
+/// What counts now (`topk_core::committed`), timed as `committed_flushes`.
+pub(crate) async fn read_committed(
+    client: &clickhouse::Client,
+) -> Result<CommittedFlushes, AppError> {
+    timed("committed_flushes", async {
+        CommittedFlushes::read(client)
+            .await
+            .map_err(|error| match error {
+                topk_core::committed::CommittedError::ClickHouse(error) => error,
+                other => clickhouse::error::Error::Custom(other.to_string()),
+            })
+    })
+    .await
 }
 
 /// The oldest of the partitions' newest counted records (see [`ReadPlan::data_through`]):

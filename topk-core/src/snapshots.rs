@@ -161,29 +161,52 @@ impl DayHeads {
 
 /// The days among `snapshots` (current snapshots, by day) for which a flush that counts in
 /// `committed` wrote minute rows after the day's snapshot was taken.
-pub async fn days_with_new_commits(
+pub async fn days_with_new_commits<S: DaySnapshot>(
     client: &clickhouse::Client,
     committed: &CommittedFlushes,
-    snapshots: &BTreeMap<NaiveDate, RollupProgressRow>,
+    snapshots: &BTreeMap<NaiveDate, S>,
 ) -> Result<BTreeSet<NaiveDate>, clickhouse::error::Error> {
+    let found: Vec<u16> = new_commit_values(
+        client,
+        committed,
+        snapshots,
+        "arrayJoin(minute_days)",
+        "toUInt16(value)",
+    )
+    .await?;
+    Ok(found.into_iter().map(day_from_number).collect())
+}
+
+/// The distinct `value`s (`value_expression` over a commit's row, an `arrayJoin` of one of
+/// its arrays) of the commits that count in `committed`, list a day of `snapshots` and came
+/// after that day's snapshot; `day_of_value` is the day number of a value.
+async fn new_commit_values<S: DaySnapshot, T>(
+    client: &clickhouse::Client,
+    committed: &CommittedFlushes,
+    snapshots: &BTreeMap<NaiveDate, S>,
+    value_expression: &str,
+    day_of_value: &str,
+) -> Result<Vec<T>, clickhouse::error::Error>
+where
+    T: clickhouse::RowOwned + clickhouse::RowRead,
+{
     if snapshots.is_empty() {
-        return Ok(BTreeSet::new());
+        return Ok(Vec::new());
     }
     let days: Vec<u16> = snapshots.keys().copied().map(day_number).collect();
     let heads = DayHeads::of(snapshots.values());
     let query = client
         .query(&format!(
-            "SELECT DISTINCT day FROM (SELECT arrayJoin(minute_days) AS day, kafka_partition, \
+            "SELECT DISTINCT value FROM (SELECT {value_expression} AS value, kafka_partition, \
              claim_id, flush_seq FROM {FLUSH_COMMITS} \
              WHERE hasAny(minute_days, CAST(? AS Array(Date))) AND {committed}) \
-             WHERE has(CAST(? AS Array(UInt16)), toUInt16(day)) AND {new}",
+             WHERE has(CAST(? AS Array(UInt16)), toUInt16({day_of_value})) AND {new}",
             committed = CommittedFlushes::condition(""),
-            new = DayHeads::condition("toUInt16(day)"),
+            new = DayHeads::condition(day_of_value),
         ))
         .bind(&days);
     let query = committed.bind(query).bind(&days);
-    let found: Vec<u16> = heads.bind(query).fetch_all().await?;
-    Ok(found.into_iter().map(day_from_number).collect())
+    heads.bind(query).fetch_all().await
 }
 
 /// The latest chart rollup of every day from `first` to `last` (inclusive) that has one.
@@ -213,23 +236,14 @@ pub async fn hours_with_new_commits(
     committed: &CommittedFlushes,
     snapshots: &BTreeMap<NaiveDate, ChartRollupRow>,
 ) -> Result<BTreeSet<u32>, clickhouse::error::Error> {
-    if snapshots.is_empty() {
-        return Ok(BTreeSet::new());
-    }
-    let days: Vec<u16> = snapshots.keys().copied().map(day_number).collect();
-    let heads = DayHeads::of(snapshots.values());
-    let query = client
-        .query(&format!(
-            "SELECT DISTINCT hour FROM (SELECT arrayJoin(minute_hours) AS hour, kafka_partition, \
-             claim_id, flush_seq FROM {FLUSH_COMMITS} \
-             WHERE hasAny(minute_days, CAST(? AS Array(Date))) AND {committed}) \
-             WHERE has(CAST(? AS Array(UInt16)), toUInt16(intDiv(hour, 24))) AND {new}",
-            committed = CommittedFlushes::condition(""),
-            new = DayHeads::condition("intDiv(hour, 24)"),
-        ))
-        .bind(&days);
-    let query = committed.bind(query).bind(&days);
-    let found: Vec<u32> = heads.bind(query).fetch_all().await?;
+    let found: Vec<u32> = new_commit_values(
+        client,
+        committed,
+        snapshots,
+        "arrayJoin(minute_hours)",
+        "intDiv(value, 24)",
+    )
+    .await?;
     Ok(found.into_iter().collect())
 }
 

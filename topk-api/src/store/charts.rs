@@ -27,7 +27,7 @@ use topk_core::schema::{ChartRollupRow, CHART_HOURLY, CHART_MINUTE, SONGS_CURREN
 use topk_core::snapshots::{hours_with_new_commits, latest_chart_rollups};
 use topk_core::window::hour_number;
 
-use super::{data_through, timed, DayPlan};
+use super::{data_through, read_committed, timed, DayPlan};
 use crate::error::AppError;
 
 /// What the store knows about the charts' days.
@@ -62,15 +62,7 @@ impl ChartPlan {
         first_day: NaiveDate,
         last_day: NaiveDate,
     ) -> Result<Self, AppError> {
-        let committed = timed("committed_flushes", async {
-            CommittedFlushes::read(client)
-                .await
-                .map_err(|error| match error {
-                    topk_core::committed::CommittedError::ClickHouse(error) => error,
-                    other => clickhouse::error::Error::Custom(other.to_string()),
-                })
-        })
-        .await?;
+        let committed = read_committed(client).await?;
         let snapshots = timed(
             "chart_snapshots",
             latest_chart_rollups(client, first_day, last_day),
