@@ -112,4 +112,4 @@ for index in range(max(len(left), len(right))):
     print("%-58s | %s" % (a, b))
 print("data through %s (user), %s (chart)" % (user["data_through"], chart["data_through"]))
 PY
-step "the same answer as JSON: curl http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?include=metadata"
+step "the same answers as JSON: curl http://$API_LISTEN/v1/users/$DEMO_USER/top-songs?include=metadata and http://$API_LISTEN/v1/charts/top-songs?window=24h&include=metadata"

@@ -8,20 +8,24 @@
 //! users with heavy-tailed activity and a home region among 50 (skewed, 2 % without a region),
 //! 200 000 songs of Zipf-like popularity (global hits, regional hits and each user's own
 //! favourites), a daily shape over the UTC hours, mostly one play per row, 10 % of plays too
-//! short for the charts, and 300 spam users looping one song 120 times in one hour. A catalog
-//! of the 200 000 songs (12 genres, 20 000 artists). The complete days are rolled up by the
-//! real rollup job (`backfill`: `run` covers 6 days, the `7d` window needs its 7th), then
-//! the past days' partitions merged as they would be long after.
+//! short for the charts, and 300 spam users looping one song 120 times in one hour; their chart
+//! rows (`chart_minute`) as the aggregator writes them with the same claims. A catalog of the
+//! 200 000 songs (12 genres, 20 000 artists). The past days' partitions are merged as they
+//! would be long after; the real rollup job then rolls up the complete days' top lists and the
+//! charts' hourly rows of every complete hour, today's too (as a run on the hour leaves them).
 //!
 //! Then, for each window (1h, 24h, 7d) and scope (global, the biggest region, the smallest,
-//! a genre, the artist of the top song), `TOPK_BENCH_CHART_REQUESTS` (200) sequential requests
+//! a genre, the artist with the most songs), `TOPK_BENCH_CHART_REQUESTS` (200) sequential requests
 //! to the API in-process (fixed clock, `limit=10`, `offset` 0 or 10, `as_of` within the last
 //! 10 minutes), or as many as fit in `TOPK_BENCH_CHART_CELL_SECONDS` (120, 0: no limit; at
-//! least 10 requests). Every answer must be 200 with a non-empty, well-ordered page; the
-//! latency is only printed: p50/p95/p99/max per window and scope and per window, against
+//! least 10 requests). Every answer must be 200, of a chart with songs, its page as full as the
+//! chart allows and well ordered; the latency is only printed: p50/p95/p99/max per window and scope and per window, against
 //! the target **p95 < 100 ms for every window**. Then, from `system.query_log` (the API's
-//! client sends `log_queries=1` and a per-window marker), the median rows and bytes each kind
+//! client sends `log_queries=1` and a marker per window and scope), the median rows and bytes each kind
 //! of chart query read, per window; the tables' part counts; the phases' times.
+//!
+//! The `7d` chart's previous period (its `prev_rank`) reaches 14 days back: with the default
+//! 7 days it is mostly empty and cheap; `TOPK_BENCH_CHART_DAYS=14` loads it too.
 //!
 //! `cargo bench -p topk-tests --bench charts` (needs the local stack's ClickHouse).
 //! Small: `TOPK_BENCH_CHART_PLAYS_PER_DAY=300000 TOPK_BENCH_CHART_REQUESTS=20`.
@@ -41,7 +45,7 @@ use topk_api::{AppState, Clock};
 use topk_core::chart::ChartWindow;
 use topk_core::db::ClickHouseOptions;
 use topk_core::migrate::quote_identifier;
-use topk_core::schema::{SongRow, PLAYS_MINUTE, SONGS};
+use topk_core::schema::{SongRow, CHART_MINUTE, PLAYS_MINUTE, SONGS};
 use topk_core::window::{day_number, day_start};
 use tower::ServiceExt;
 
@@ -160,28 +164,11 @@ async fn run() -> anyhow::Result<()> {
     merge_past_days(&client, today, knobs.days).await?;
     let merging = started.elapsed();
     println!(
-        "merged the past days' minute rows in {:.1} s",
+        "merged the past days' minute and chart rows in {:.1} s",
         merging.as_secs_f64()
     );
 
-    let started = Instant::now();
-    let mut job = topk_rollup::RollupJob::new(client.clone(), now);
-    job.placement = options.placement();
-    let first_day = today - Days::new(knobs.days);
-    let yesterday = today - Days::new(1);
-    let outcomes = job
-        .backfill(first_day, yesterday, |outcome| println!("{outcome}"))
-        .await?;
-    ensure!(
-        outcomes.iter().all(|outcome| !outcome.failed()),
-        "a rollup failed"
-    );
-    let rollup = started.elapsed();
-    println!(
-        "rolled up {} days in {:.1} s",
-        outcomes.len(),
-        rollup.as_secs_f64()
-    );
+    let (top_lists, charts) = roll_up(&options, now, knobs.days).await?;
     let started = Instant::now();
     wait_for_merges(&options).await?;
     println!(
@@ -198,11 +185,12 @@ async fn run() -> anyhow::Result<()> {
     print_rows_read(&options, marker_base, &cells).await?;
     print_parts(&options, "at the end").await?;
     println!(
-        "phases: loading {:.1} s, merging {:.1} s, rollup {:.1} s, reading {:.1} s; total {:.1} s \
-         (load average {})",
+        "phases: loading {:.1} s, merging {:.1} s, rollup {:.1} s (top lists) + {:.1} s (charts), \
+         reading {:.1} s; total {:.1} s (load average {})",
         loading.as_secs_f64(),
         merging.as_secs_f64(),
-        rollup.as_secs_f64(),
+        top_lists.as_secs_f64(),
+        charts.as_secs_f64(),
         reading.as_secs_f64(),
         run_started.elapsed().as_secs_f64(),
         load_average()
@@ -370,6 +358,37 @@ async fn load_plays(
         .await
         .context("loading the spam")?;
     total_rows += SPAMMERS * 60;
+    // The chart rows the aggregator writes with each flush: the eligible minute rows again,
+    // ordered by time, with the same claim and flush.
+    let started = Instant::now();
+    for day in &days {
+        client
+            .query(&format!(
+                "INSERT INTO {CHART_MINUTE} (minute, region, song_id, user_id, chart_plays, \
+                 kafka_partition, claim_id, flush_seq) \
+                 SELECT minute, region, song_id, user_id, chart_plays, kafka_partition, claim_id, \
+                 flush_seq FROM {PLAYS_MINUTE} \
+                 WHERE minute >= toDateTime({from}) AND minute < toDateTime({to}) \
+                 AND chart_plays > 0",
+                from = day_start(*day).timestamp(),
+                to = day_start(*day).timestamp() + 86_400,
+            ))
+            .execute()
+            .await
+            .with_context(|| format!("writing the chart rows of {day}"))?;
+    }
+    let chart_rows: (u64, u64) = client
+        .query(&format!(
+            "SELECT count(), sum(chart_plays) FROM {CHART_MINUTE}"
+        ))
+        .fetch_one()
+        .await?;
+    println!(
+        "chart rows: {} ({} chart plays) in {:.1} s",
+        chart_rows.0,
+        chart_rows.1,
+        started.elapsed().as_secs_f64()
+    );
     for claim in &claims {
         topk_tests::committed::commit_first_flush(options, TOPIC, claim, total_rows as i64, &days)
             .await;
@@ -382,10 +401,20 @@ async fn load_plays(
         .query("SELECT count(), sum(plays), sum(chart_plays) FROM plays_minute_committed")
         .fetch_one()
         .await?;
+    let eligible: u64 = client
+        .query("SELECT countIf(chart_plays > 0) FROM plays_minute_committed")
+        .fetch_one()
+        .await?;
     ensure!(
         raw == (counted.0, counted.1) && raw.0 == total_rows,
         "every generated row must count: {total_rows} generated, {raw:?} written, {counted:?} \
          committed"
+    );
+    ensure!(
+        chart_rows == (eligible, counted.2),
+        "one chart row per eligible minute row: {chart_rows:?}, {eligible} eligible rows with \
+         {} chart plays",
+        counted.2
     );
     println!(
         "minute rows: {} ({} plays, {} chart plays), all committed",
@@ -402,11 +431,14 @@ fn mix(value: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Skewed: artist `a0` has the most songs (about 100), most artists a few.
 fn artist_of(song: u64) -> u64 {
-    mix(song ^ 0xa7) % ARTISTS
+    let unit = mix(song ^ 0xa7) as f64 / 2f64.powi(64);
+    ((unit.powf(1.3) * ARTISTS as f64) as u64).min(ARTISTS - 1)
 }
 
-/// Every song in the catalog: genres skewed towards the head of [`GENRES`], artists uniform.
+/// Every song in the catalog: genres skewed towards the head of [`GENRES`], artists skewed
+/// towards `a0`.
 async fn load_catalog(client: &clickhouse::Client, now: DateTime<Utc>) -> anyhow::Result<()> {
     let started = Instant::now();
     let mut insert = client.insert::<SongRow>(SONGS).await?;
@@ -437,8 +469,51 @@ async fn load_catalog(client: &clickhouse::Client, now: DateTime<Utc>) -> anyhow
     Ok(())
 }
 
-/// Merges each complete day's minute rows into one part, as background merges leave a day
-/// long before its rollup; today's partition keeps what background merges make of it.
+/// Rolls up what the rollup job would have by `now`: the complete days' top lists and the
+/// charts' hourly rows of every complete hour, today's too (`topk-rollup run`, every 10
+/// minutes or so, snapshots today's complete hours; `backfill` rolls up the 7th day back,
+/// which `run`'s window leaves out and the `7d` chart reads). Returns the two times.
+async fn roll_up(
+    options: &ClickHouseOptions,
+    now: DateTime<Utc>,
+    days: u64,
+) -> anyhow::Result<(Duration, Duration)> {
+    let mut job = topk_rollup::RollupJob::new(options.client(), now);
+    job.placement = options.placement();
+    let today = now.date_naive();
+    let first_day = today - Days::new(days);
+    let yesterday = today - Days::new(1);
+    let started = Instant::now();
+    let outcomes = job
+        .backfill(first_day, yesterday, |outcome| println!("{outcome}"))
+        .await?;
+    ensure!(
+        outcomes.iter().all(|outcome| !outcome.failed()),
+        "a rollup of top lists failed"
+    );
+    let top_lists = started.elapsed();
+    let started = Instant::now();
+    let mut chart_outcomes = job
+        .backfill_charts(first_day, yesterday, |outcome| println!("{outcome}"))
+        .await?;
+    chart_outcomes.extend(job.charts(|outcome| println!("{outcome}")).await?);
+    ensure!(
+        chart_outcomes.iter().all(|outcome| !outcome.failed()),
+        "a rollup of charts failed"
+    );
+    let charts = started.elapsed();
+    println!(
+        "rolled up {} days' top lists in {:.1} s, charts in {:.1} s",
+        outcomes.len(),
+        top_lists.as_secs_f64(),
+        charts.as_secs_f64()
+    );
+    Ok((top_lists, charts))
+}
+
+/// Merges each complete day's minute and chart rows into one part per table, as background
+/// merges leave a day long before its rollup; today's partitions keep what background merges
+/// make of them.
 async fn merge_past_days(
     client: &clickhouse::Client,
     today: NaiveDate,
@@ -446,14 +521,16 @@ async fn merge_past_days(
 ) -> anyhow::Result<()> {
     for back in 1..=days {
         let day = today - Days::new(back);
-        client
-            .query(&format!(
-                "OPTIMIZE TABLE {PLAYS_MINUTE} PARTITION ID '{}' FINAL",
-                day.format("%Y%m%d")
-            ))
-            .execute()
-            .await
-            .with_context(|| format!("merging {day}"))?;
+        for table in [PLAYS_MINUTE, CHART_MINUTE] {
+            client
+                .query(&format!(
+                    "OPTIMIZE TABLE {table} PARTITION ID '{}' FINAL",
+                    day.format("%Y%m%d")
+                ))
+                .execute()
+                .await
+                .with_context(|| format!("merging {table} of {day}"))?;
+        }
     }
     Ok(())
 }
@@ -514,7 +591,6 @@ fn api_state(
 }
 
 fn scopes() -> Vec<Scope> {
-    let artist_of_the_top_song = artist_of(0);
     let scope = |label: String, query: String| Scope { label, query };
     vec![
         scope("global".to_owned(), "scope=global".to_owned()),
@@ -528,8 +604,8 @@ fn scopes() -> Vec<Scope> {
         ),
         scope("genre rock".to_owned(), "scope=genre&genre=rock".to_owned()),
         scope(
-            format!("artist a{artist_of_the_top_song}"),
-            format!("scope=artist&artist_id=a{artist_of_the_top_song}"),
+            "artist a0 (most songs)".to_owned(),
+            "scope=artist&artist_id=a0".to_owned(),
         ),
     ]
 }
@@ -586,14 +662,15 @@ async fn measure(
                     String::from_utf8_lossy(&bytes)
                 );
                 let body: ChartResponse = serde_json::from_slice(&bytes)?;
-                check_page(&body, offset).with_context(|| format!("{uri}"))?;
+                check_page(&body, offset).with_context(|| uri.clone())?;
                 cell.total_songs = body.total;
             }
             println!(
-                "  {window:>3} {:<24} {:>4} requests in {:>6.1} s",
+                "  {window:>3} {:<24} {:>4} requests in {:>6.1} s (load average {})",
                 cell.scope,
                 cell.latencies.len(),
-                started.elapsed().as_secs_f64()
+                started.elapsed().as_secs_f64(),
+                load_average()
             );
             cells.push(cell);
         }
@@ -601,17 +678,17 @@ async fn measure(
     Ok(cells)
 }
 
-/// A full page, ranked from `offset + 1`, plays not increasing, every song with a listener
-/// and no more listeners than plays.
+/// A chart with songs, a page as full as its total allows, ranked from `offset + 1`, plays
+/// not increasing, every song with a listener and no more listeners than plays.
 fn check_page(body: &ChartResponse, offset: usize) -> anyhow::Result<()> {
+    ensure!(body.total > 0, "an empty chart");
+    let expected = usize::try_from(body.total)?
+        .saturating_sub(offset)
+        .min(PAGE);
     ensure!(
-        body.songs.len() == PAGE,
-        "{} songs on the page",
-        body.songs.len()
-    );
-    ensure!(
-        body.total >= (offset + PAGE) as u64,
-        "total {} below the page",
+        body.songs.len() == expected,
+        "{} songs on the page of a chart of {}",
+        body.songs.len(),
         body.total
     );
     for (index, song) in body.songs.iter().enumerate() {
@@ -687,7 +764,18 @@ fn print_latencies(cells: &[Cell]) {
     }
 }
 
-/// What each kind of chart query read, per window, from `system.query_log`.
+/// The chart queries' kinds, told apart by their text (`topk-api/src/store/charts.rs`); the
+/// plan's queries (what counts, the snapshots, late hours) are the rest.
+const QUERY_KINDS: [&str; 4] = ["rank", "listeners", "prev_rank", "plan"];
+
+/// The median of `values` (0 when empty).
+fn median(values: &mut [u64]) -> u64 {
+    values.sort_unstable();
+    values.get(values.len() / 2).copied().unwrap_or(0)
+}
+
+/// What each kind of chart query read and took, per window, and per window and scope, from
+/// `system.query_log`.
 async fn print_rows_read(
     options: &ClickHouseOptions,
     marker_base: u64,
@@ -695,44 +783,75 @@ async fn print_rows_read(
 ) -> anyhow::Result<()> {
     let server = options.server_client();
     server.query("SYSTEM FLUSH LOGS").execute().await?;
-    let rows: Vec<(u8, String, u64, u64, u64, u64, u64, u64)> = server
+    // (marker, kind, failed, read_rows, read_bytes, query_duration_ms) of every finished or
+    // failed query the bench's API states sent.
+    let logged: Vec<(u64, String, u8, u64, u64, u64)> = server
         .query(&format!(
-            "SELECT toUInt8(intDiv(marker - {marker_base}, 10)) AS window_index, \
+            "SELECT marker, \
              multiIf(position(query, 'indexOf(ranked') > 0, 'prev_rank', \
                      position(query, 'uniqExactMerge') > 0, 'listeners', \
                      position(query, 'length(ranked)') > 0, 'rank', 'plan') AS kind, \
-             count(), countIf(type != 2), quantileExact(0.5)(read_rows), \
-             quantileExact(0.5)(read_bytes), quantileExact(0.5)(query_duration_ms), \
-             max(read_rows) \
+             toUInt8(type != 2), read_rows, read_bytes, query_duration_ms \
              FROM (SELECT type, query, read_rows, read_bytes, query_duration_ms, \
-                   toUInt64OrZero(Settings.Values[indexOf(Settings.Names, '{MARKER_SETTING}')]) AS marker \
+                   toUInt64OrZero(Settings.Values[indexOf(Settings.Names, '{MARKER_SETTING}')]) \
+                   AS marker \
                    FROM system.query_log WHERE event_date >= today() - 1 AND type >= 2) \
-             WHERE marker >= {marker_base} AND marker < {marker_base} + 30 \
-             GROUP BY window_index, kind ORDER BY window_index, kind"
+             WHERE marker >= {marker_base} AND marker < {marker_base} + 30"
         ))
         .fetch_all()
         .await?;
+    let of = |marker: &dyn Fn(u64) -> bool, kind: &str| {
+        logged
+            .iter()
+            .filter(|row| marker(row.0) && row.1 == kind)
+            .collect::<Vec<_>>()
+    };
     println!(
-        "\n{:<16} {:>7} {:>6} {:>14} {:>12} {:>9} {:>14}",
+        "\n{:<16} {:>7} {:>6} {:>14} {:>11} {:>9} {:>14}",
         "rows read", "queries", "failed", "median rows", "median MiB", "median ms", "max rows"
     );
-    for window_index in 0..ChartWindow::ALL.len() {
-        let window = ChartWindow::ALL[window_index];
-        let requests: usize = cells
-            .iter()
-            .filter(|cell| cell.window == window)
-            .map(|cell| cell.latencies.len())
-            .sum();
-        for (_, kind, queries, failed, rows_read, bytes, millis, max_rows) in
-            rows.iter().filter(|row| usize::from(row.0) == window_index)
-        {
+    for (window_index, window) in ChartWindow::ALL.into_iter().enumerate() {
+        let in_window = |marker: u64| (marker - marker_base) / 10 == window_index as u64;
+        for kind in QUERY_KINDS {
+            let queries = of(&in_window, kind);
+            let failed = queries.iter().filter(|row| row.2 != 0).count();
+            let mut rows_read: Vec<u64> = queries.iter().map(|row| row.3).collect();
+            let mut bytes: Vec<u64> = queries.iter().map(|row| row.4).collect();
+            let mut millis: Vec<u64> = queries.iter().map(|row| row.5).collect();
             println!(
-                "{:<16} {queries:>7} {failed:>6} {rows_read:>14} {:>12.1} {millis:>9} {max_rows:>14}",
+                "{:<16} {:>7} {failed:>6} {:>14} {:>11.1} {:>9} {:>14}",
                 format!("{window:>3} {kind}"),
-                *bytes as f64 / (1 << 20) as f64,
+                queries.len(),
+                median(&mut rows_read),
+                median(&mut bytes) as f64 / (1 << 20) as f64,
+                median(&mut millis),
+                rows_read.iter().max().copied().unwrap_or(0),
             );
         }
-        println!("{window:>3}: {requests} requests");
+    }
+    println!(
+        "\n{:<30} {:>10} {:>14} {:>16} {:>14}",
+        "median ms per query", "rank", "listeners", "prev_rank", "rank rows"
+    );
+    for (window_index, window) in ChartWindow::ALL.into_iter().enumerate() {
+        for (scope_index, cell) in cells
+            .iter()
+            .filter(|cell| cell.window == window)
+            .enumerate()
+        {
+            let marker = marker_of(marker_base, window_index, scope_index);
+            let is_cell = |logged: u64| logged == marker;
+            let [rank, listeners, prev_rank] = ["rank", "listeners", "prev_rank"].map(|kind| {
+                let mut millis: Vec<u64> = of(&is_cell, kind).iter().map(|row| row.5).collect();
+                median(&mut millis)
+            });
+            let mut rank_rows: Vec<u64> = of(&is_cell, "rank").iter().map(|row| row.3).collect();
+            println!(
+                "{:<30} {rank:>10} {listeners:>14} {prev_rank:>16} {:>14}",
+                format!("{window:>3} {}", cell.scope),
+                median(&mut rank_rows)
+            );
+        }
     }
     Ok(())
 }
