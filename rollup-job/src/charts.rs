@@ -10,7 +10,7 @@
 //! day again, and readers read those hours from the minute rows meanwhile. The steps, each safe
 //! to interrupt, are those of the daily rollup (`crate::rollup`): what counts, the rows tagged
 //! with a new snapshot id, then the record that makes readers use them; superseded snapshots
-//! are deleted two minutes later.
+//! are deleted two minutes later (`crate::rollup::delete_superseded_snapshots`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -27,7 +27,7 @@ use topk_core::window::{day_start, hour_number};
 use crate::day_state::{day_start_secs, next_day};
 use crate::error::{clickhouse_error, RollupError};
 use crate::prune::list_day_partitions;
-use crate::rollup::{snapshot_time, SnapshotStart, SNAPSHOT_GRACE};
+use crate::rollup::SnapshotStart;
 
 /// The hours' chart rows, built inside ClickHouse: each user's committed chart plays of a
 /// song per (UTC hour, region), capped, then summed per (hour, region, song) with the set of
@@ -296,46 +296,6 @@ pub async fn roll_up_chart_day(
     Ok(row)
 }
 
-/// Deletes `day`'s chart snapshots older than `current` once `current` was recorded
-/// [`SNAPSHOT_GRACE`] ago. Returns how many rows were scheduled for deletion.
-pub async fn delete_superseded_chart_snapshots(
-    client: &clickhouse::Client,
-    placement: &Placement,
-    day: NaiveDate,
-    current: u64,
-    clock_now: DateTime<Utc>,
-) -> Result<u64, RollupError> {
-    let recorded = snapshot_time(current).unwrap_or(clock_now);
-    if clock_now - recorded < Duration::from_std(SNAPSHOT_GRACE).unwrap_or_default() {
-        return Ok(0);
-    }
-    let superseded: u64 = client
-        .query(&format!(
-            "SELECT count() FROM {CHART_HOURLY} WHERE day = toDate(?) AND snapshot_id < ?"
-        ))
-        .bind(day.to_string())
-        .bind(current)
-        .fetch_one()
-        .await
-        .map_err(clickhouse_error(format!(
-            "counting superseded chart snapshots of {day}"
-        )))?;
-    if superseded > 0 {
-        placement
-            .alter(
-                client,
-                CHART_HOURLY,
-                &format!("DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}"),
-                &[],
-            )
-            .await
-            .map_err(clickhouse_error(format!(
-                "deleting superseded chart snapshots of {day}"
-            )))?;
-    }
-    Ok(superseded)
-}
-
 /// What happened to one day's charts.
 #[derive(Debug)]
 pub enum ChartResult {
@@ -428,23 +388,7 @@ pub async fn roll_up_charts(
                 snapshot_id,
             } => {
                 if !job.dry_run {
-                    match delete_superseded_chart_snapshots(
-                        &job.client,
-                        &job.placement,
-                        day,
-                        snapshot_id,
-                        Utc::now(),
-                    )
-                    .await
-                    {
-                        Ok(0) => {}
-                        Ok(rows) => {
-                            tracing::info!(%day, rows, "superseded chart snapshots deleted")
-                        }
-                        Err(error) => {
-                            tracing::warn!(%day, %error, "deleting superseded chart snapshots failed");
-                        }
-                    }
+                    job.delete_superseded(CHART_HOURLY, day, snapshot_id).await;
                 }
                 ChartResult::UpToDate { hours_through }
             }

@@ -5,7 +5,7 @@ use std::fmt;
 use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use topk_core::schema::RollupProgressRow;
+use topk_core::schema::{RollupProgressRow, DAILY_TOP};
 use topk_core::window::{Window, WINDOW_DAYS};
 
 use crate::charts::{roll_up_charts, ChartOutcome};
@@ -182,7 +182,7 @@ impl RollupJob {
                     snapshot_id,
                 } => {
                     if !self.dry_run {
-                        self.delete_superseded(day, snapshot_id).await;
+                        self.delete_superseded(DAILY_TOP, day, snapshot_id).await;
                     }
                     DayResult::UpToDate { rolled_up_at }
                 }
@@ -213,13 +213,22 @@ impl RollupJob {
 impl RollupJob {
     /// Deletes the day's superseded snapshots (cleanup: readers only read the current one),
     /// logging a failure instead of failing the run.
-    async fn delete_superseded(&self, day: NaiveDate, current: u64) {
-        match delete_superseded_snapshots(&self.client, &self.placement, day, current, Utc::now())
-            .await
-        {
+    pub(crate) async fn delete_superseded(&self, table: &str, day: NaiveDate, current: u64) {
+        let deleted = delete_superseded_snapshots(
+            &self.client,
+            &self.placement,
+            table,
+            day,
+            current,
+            Utc::now(),
+        )
+        .await;
+        match deleted {
             Ok(0) => {}
-            Ok(rows) => tracing::info!(%day, rows, "superseded snapshots deleted"),
-            Err(error) => tracing::warn!(%day, %error, "deleting superseded snapshots failed"),
+            Ok(rows) => tracing::info!(%day, %table, rows, "superseded snapshots deleted"),
+            Err(error) => {
+                tracing::warn!(%day, %table, %error, "deleting superseded snapshots failed");
+            }
         }
     }
 }

@@ -307,12 +307,14 @@ async fn write_snapshot(
     Ok(written)
 }
 
-/// Deletes the rows of `day`'s snapshots older than `current` once `current` is older than
+/// Deletes the rows of `day`'s snapshots in `table` (`daily_top`, `chart_hourly`) older than
+/// `current` once `current` is older than
 /// [`SNAPSHOT_GRACE`] (readers have switched to it). Returns how many rows were scheduled
 /// for deletion (0: nothing to do, or too early).
 pub async fn delete_superseded_snapshots(
     client: &clickhouse::Client,
     placement: &Placement,
+    table: &str,
     day: NaiveDate,
     current: u64,
     clock_now: DateTime<Utc>,
@@ -323,37 +325,31 @@ pub async fn delete_superseded_snapshots(
         return Ok(0);
     }
     // Only older snapshots: a newer one may be being written by a concurrent run.
-    let mut superseded = 0;
-    for table in [DAILY_TOP] {
-        let rows: u64 = client
-            .query(&format!(
-                "SELECT count() FROM {table} WHERE day = toDate(?) AND snapshot_id < ?"
-            ))
-            .bind(day.to_string())
-            .bind(current)
-            .fetch_one()
-            .await
-            .map_err(clickhouse_error(format!(
-                "counting superseded snapshots of {day} in {table}"
-            )))?;
-        superseded += rows;
-    }
+    let superseded: u64 = client
+        .query(&format!(
+            "SELECT count() FROM {table} WHERE day = toDate(?) AND snapshot_id < ?"
+        ))
+        .bind(day.to_string())
+        .bind(current)
+        .fetch_one()
+        .await
+        .map_err(clickhouse_error(format!(
+            "counting superseded snapshots of {day} in {table}"
+        )))?;
     if superseded == 0 {
         return Ok(0);
     }
-    for table in [DAILY_TOP] {
-        placement
-            .alter(
-                client,
-                table,
-                &format!("DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}"),
-                &[],
-            )
-            .await
-            .map_err(clickhouse_error(format!(
-                "deleting superseded snapshots of {day} from {table}"
-            )))?;
-    }
+    placement
+        .alter(
+            client,
+            table,
+            &format!("DELETE WHERE day = toDate('{day}') AND snapshot_id < {current}"),
+            &[],
+        )
+        .await
+        .map_err(clickhouse_error(format!(
+            "deleting superseded snapshots of {day} from {table}"
+        )))?;
     Ok(superseded)
 }
 

@@ -13,7 +13,9 @@ use topk_core::chart::{ChartWindow, MAX_AS_OF_AGE};
 
 use crate::auth::Caller;
 use crate::error::AppError;
-use crate::routes::{cacheable, catalog_entries, check_path_id, content_tag, parse_include};
+use crate::routes::{
+    cacheable, catalog_entries, check_path_id, content_tag, parse_include, rfc3339,
+};
 use crate::store::{ChartQuery, ChartScope};
 use crate::AppState;
 
@@ -279,10 +281,6 @@ pub struct ChartSongBody {
     pub prev_rank: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metadata: Option<serde_json::Value>,
-}
-
-fn rfc3339(time: DateTime<Utc>) -> String {
-    time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
 /// `GET /v1/charts/top-songs`: any caller (a valid token when auth is on).

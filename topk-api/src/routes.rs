@@ -202,7 +202,8 @@ pub struct SongBody {
     pub metadata: Option<serde_json::Value>,
 }
 
-fn rfc3339(time: DateTime<Utc>) -> String {
+/// `time` in RFC 3339 with whole seconds, UTC (`Z`).
+pub(crate) fn rfc3339(time: DateTime<Utc>) -> String {
     time.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
