@@ -1,7 +1,9 @@
-//! The charts' hourly rows: a day's complete hours of committed chart plays (`chart_minute`),
-//! each user capped per song, region and UTC hour (`topk_core::chart`), summed per (hour,
-//! region, song) into `chart_hourly` with the listeners, as a *snapshot* of the day's hours
-//! up to `hours_through`, recorded in `chart_rollups` with the heads of what it read.
+//! The charts' hourly and daily rows: a day's complete hours of committed chart plays
+//! (`chart_minute`), each user capped per song, region and UTC hour (`topk_core::chart`), summed
+//! per (hour, region, song) and per (hour, all regions, song) into `chart_hours` with the
+//! listeners, then those hours summed per (region, song) into `chart_days`, as a *snapshot* of
+//! the day's hours up to `hours_through`, recorded in `chart_snapshots` with the heads of what
+//! it read.
 //!
 //! Unlike the daily top lists, a day's charts are rolled up while the day goes on: every run
 //! snapshots today's hours completed so far, so a chart reads today's complete hours from a
@@ -17,11 +19,13 @@ use std::fmt;
 use std::time::Instant;
 
 use chrono::{DateTime, Duration, NaiveDate, Utc};
-use topk_core::chart::floor_to;
+use topk_core::chart::{floor_to, listeners_function};
 use topk_core::cluster::Placement;
 use topk_core::committed::{CommittedFlushes, SnapshotHeads};
-use topk_core::schema::{ChartRollupRow, CHART_HOURLY, CHART_MINUTE, CHART_ROLLUPS};
-use topk_core::snapshots::{hours_with_new_commits, latest_chart_rollups};
+use topk_core::schema::{
+    ChartSnapshotRow, ALL_REGIONS, CHART_DAYS, CHART_HOURS, CHART_MINUTE, CHART_SNAPSHOTS,
+};
+use topk_core::snapshots::{hours_with_new_commits, latest_chart_snapshots};
 use topk_core::window::{day_start, hour_number};
 
 use crate::day_state::{day_start_secs, next_day};
@@ -30,36 +34,56 @@ use crate::prune::list_day_partitions;
 use crate::rollup::SnapshotStart;
 
 /// The hours' chart rows, built inside ClickHouse: each user's committed chart plays of a
-/// song per (UTC hour, region), capped, then summed per (hour, region, song) with the set of
-/// users who had a counted play.
+/// song per (UTC hour, region), capped, then summed per (hour, region, song) and per (hour, all
+/// regions, song) with the set of users who had a counted play (an approximate-beyond-1 024
+/// state, [`topk_core::chart::listeners_function`]).
 ///
 /// Placeholders, in order: the day, the snapshot id, the cap, the first and the end minute in
 /// epoch seconds, then the four arrays of the committed condition.
-const CHART_SELECT: &str = "
+const CHART_HOURS_SELECT: &str = "
 SELECT
     toDate(?) AS day,
     hour,
-    region,
+    chart_region AS region,
     song_id,
     sum(user_plays) AS plays,
-    uniqExactState(user_id) AS listeners,
+    {listeners_state}(user_id) AS listeners,
     toUInt64(?) AS snapshot_id
 FROM
 (
-    SELECT toStartOfHour(minute) AS hour, region, song_id, user_id,
-           least(toUInt64(?), sum(chart_plays)) AS user_plays
-    FROM {minutes}
-    WHERE minute >= toDateTime(?) AND minute < toDateTime(?) AND {committed}
-    GROUP BY hour, region, song_id, user_id
+    SELECT hour, arrayJoin([region, '{all}']) AS chart_region, song_id, user_id, user_plays
+    FROM
+    (
+        SELECT toStartOfHour(minute) AS hour, region, song_id, user_id,
+               least(toUInt64(?), sum(chart_plays)) AS user_plays
+        FROM {minutes}
+        WHERE minute >= toDateTime(?) AND minute < toDateTime(?) AND {committed}
+        GROUP BY hour, region, song_id, user_id
+    )
 )
-GROUP BY hour, region, song_id";
+GROUP BY hour, chart_region, song_id";
 
-fn chart_insert_sql() -> String {
-    let select = CHART_SELECT
+fn chart_hours_insert_sql() -> String {
+    let select = CHART_HOURS_SELECT
         .replace("{minutes}", CHART_MINUTE)
-        .replace("{committed}", &CommittedFlushes::condition(""));
+        .replace("{committed}", &CommittedFlushes::condition(""))
+        .replace("{listeners_state}", &listeners_function("State"))
+        .replace("{all}", ALL_REGIONS);
     format!(
-        "INSERT INTO {CHART_HOURLY} (day, hour, region, song_id, plays, listeners, snapshot_id){select}"
+        "INSERT INTO {CHART_HOURS} (day, hour, region, song_id, plays, listeners, snapshot_id){select}"
+    )
+}
+
+/// A snapshot's day rows: its hours summed per (region, song), all regions' rows too.
+///
+/// Placeholders: the day and the snapshot id.
+fn chart_days_insert_sql() -> String {
+    let merge_state = listeners_function("MergeState");
+    format!(
+        "INSERT INTO {CHART_DAYS} (day, region, song_id, plays, listeners, snapshot_id) \
+         SELECT day, region, song_id, sum(plays), {merge_state}(listeners), snapshot_id \
+         FROM {CHART_HOURS} WHERE day = toDate(?) AND snapshot_id = ? \
+         GROUP BY day, region, song_id, snapshot_id"
     )
 }
 
@@ -113,7 +137,7 @@ pub enum ChartAction {
 /// What is known about one day's charts.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChartDayState {
-    pub latest: Option<ChartRollupRow>,
+    pub latest: Option<ChartSnapshotRow>,
     pub minute_rows_present: bool,
     /// Plays were committed after the latest snapshot for hours it holds.
     pub late: bool,
@@ -155,7 +179,7 @@ pub fn decide_charts(
 }
 
 /// The hours of `snapshot` (as hours since 1970) that plays committed after it touch.
-pub fn late_hours_of(snapshot: &ChartRollupRow, late_hours: &BTreeSet<u32>) -> BTreeSet<u32> {
+pub fn late_hours_of(snapshot: &ChartSnapshotRow, late_hours: &BTreeSet<u32>) -> BTreeSet<u32> {
     let first = hour_number(day_start(snapshot.day));
     let end = hour_number(snapshot.hours_through);
     late_hours.range(first..end).copied().collect()
@@ -173,7 +197,7 @@ pub async fn plan_chart_days(
     let (Some(first), Some(last)) = (days.first().copied(), days.last().copied()) else {
         return Ok(Vec::new());
     };
-    let latest = latest_chart_rollups(client, first, last)
+    let latest = latest_chart_snapshots(client, first, last)
         .await
         .map_err(clickhouse_error(format!(
             "reading the chart rollups of {first}..={last}"
@@ -208,14 +232,14 @@ pub async fn plan_chart_days(
         .collect())
 }
 
-/// Snapshots `day`'s hours before `through` into `chart_hourly` and records it.
+/// Snapshots `day`'s hours before `through` into `chart_hours` and records it.
 pub async fn roll_up_chart_day(
     client: &clickhouse::Client,
     placement: &Placement,
     day: NaiveDate,
     through: DateTime<Utc>,
     cap: u64,
-) -> Result<ChartRollupRow, RollupError> {
+) -> Result<ChartSnapshotRow, RollupError> {
     let started = Instant::now();
     let SnapshotStart {
         insert_settings,
@@ -236,7 +260,7 @@ pub async fn roll_up_chart_day(
         .map_err(clickhouse_error(format!(
             "measuring the chart rows of {day}"
         )))?;
-    let mut insert = client.query(&chart_insert_sql());
+    let mut insert = client.query(&chart_hours_insert_sql());
     for (name, value) in &insert_settings {
         insert = insert.with_setting(*name, value.clone());
     }
@@ -251,12 +275,26 @@ pub async fn roll_up_chart_day(
         .execute()
         .await
         .map_err(clickhouse_error(format!(
-            "writing chart snapshot {snapshot_id} of {day} into {CHART_HOURLY}"
+            "writing chart snapshot {snapshot_id} of {day} into {CHART_HOURS}"
+        )))?;
+    let mut days = client.query(&chart_days_insert_sql());
+    for (name, value) in &insert_settings {
+        days = days.with_setting(*name, value.clone());
+    }
+    days.bind(day.to_string())
+        .bind(snapshot_id)
+        .execute()
+        .await
+        .map_err(clickhouse_error(format!(
+            "writing chart snapshot {snapshot_id} of {day} into {CHART_DAYS}"
         )))?;
     let chart_rows: u64 = client
         .query(&format!(
-            "SELECT count() FROM {CHART_HOURLY} WHERE day = toDate(?) AND snapshot_id = ?"
+            "SELECT (SELECT count() FROM {CHART_HOURS} WHERE day = toDate(?) AND snapshot_id = ?) \
+             + (SELECT count() FROM {CHART_DAYS} WHERE day = toDate(?) AND snapshot_id = ?)"
         ))
+        .bind(day.to_string())
+        .bind(snapshot_id)
         .bind(day.to_string())
         .bind(snapshot_id)
         .fetch_one()
@@ -270,7 +308,7 @@ pub async fn roll_up_chart_day(
     }
     let heads = SnapshotHeads::of(&committed);
     let now = Utc::now();
-    let row = ChartRollupRow {
+    let row = ChartSnapshotRow {
         day,
         snapshot_id,
         hours_through: through,
@@ -284,7 +322,7 @@ pub async fn roll_up_chart_day(
         snapshot_newest_max_seqs: heads.max_seqs,
     };
     let mut record = client
-        .insert::<ChartRollupRow>(CHART_ROLLUPS)
+        .insert::<ChartSnapshotRow>(CHART_SNAPSHOTS)
         .await
         .map_err(clickhouse_error("starting the chart rollup insert"))?;
     record.write(&row).await.map_err(clickhouse_error(format!(
@@ -301,7 +339,7 @@ pub async fn roll_up_chart_day(
 pub enum ChartResult {
     RolledUp {
         reason: ChartReason,
-        rollup: ChartRollupRow,
+        rollup: ChartSnapshotRow,
     },
     WouldRollUp {
         reason: ChartReason,
@@ -388,7 +426,9 @@ pub async fn roll_up_charts(
                 snapshot_id,
             } => {
                 if !job.dry_run {
-                    job.delete_superseded(CHART_HOURLY, day, snapshot_id).await;
+                    for table in [CHART_HOURS, CHART_DAYS] {
+                        job.delete_superseded(table, day, snapshot_id).await;
+                    }
                 }
                 ChartResult::UpToDate { hours_through }
             }
@@ -415,14 +455,14 @@ pub async fn roll_up_charts(
 }
 
 /// The latest chart snapshot of each of `days`, by day (for reports and tests).
-pub async fn current_chart_rollups(
+pub async fn current_chart_snapshots(
     client: &clickhouse::Client,
     days: &[NaiveDate],
-) -> Result<BTreeMap<NaiveDate, ChartRollupRow>, RollupError> {
+) -> Result<BTreeMap<NaiveDate, ChartSnapshotRow>, RollupError> {
     let (Some(first), Some(last)) = (days.first(), days.last()) else {
         return Ok(BTreeMap::new());
     };
-    latest_chart_rollups(client, *first, *last)
+    latest_chart_snapshots(client, *first, *last)
         .await
         .map_err(clickhouse_error("reading the chart rollups"))
 }
@@ -439,8 +479,8 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn rollup(through: &str, cap: u64) -> ChartRollupRow {
-        ChartRollupRow {
+    fn rollup(through: &str, cap: u64) -> ChartSnapshotRow {
+        ChartSnapshotRow {
             day: day("2026-11-30"),
             snapshot_id: 9,
             hours_through: at(through),
@@ -455,7 +495,7 @@ mod tests {
         }
     }
 
-    fn state(latest: Option<ChartRollupRow>, late: bool) -> ChartDayState {
+    fn state(latest: Option<ChartSnapshotRow>, late: bool) -> ChartDayState {
         ChartDayState {
             latest,
             minute_rows_present: true,
@@ -548,13 +588,24 @@ mod tests {
 
     #[test]
     fn insert_sql_reads_chart_minute_and_caps_per_user_hour_and_region() {
-        let sql = chart_insert_sql();
-        assert!(sql.starts_with("INSERT INTO chart_hourly (day, hour, region, song_id,"));
+        let sql = chart_hours_insert_sql();
+        assert!(sql.starts_with("INSERT INTO chart_hours (day, hour, region, song_id,"));
         assert_eq!(sql.matches('?').count(), 9);
         assert!(!sql.contains('{'), "{sql}");
         assert!(sql.contains("FROM chart_minute"));
         assert!(sql.contains("least(toUInt64(?), sum(chart_plays))"));
         assert!(sql.contains("GROUP BY hour, region, song_id, user_id"));
+        assert!(sql.contains("arrayJoin([region, '*']) AS chart_region"));
+        assert!(sql.contains("uniqCombinedState(14)(user_id)"));
         assert!(sql.contains("flush_seq <= transform(claim_id"));
+    }
+
+    #[test]
+    fn day_rows_sum_the_snapshots_hours() {
+        let sql = chart_days_insert_sql();
+        assert!(sql.starts_with("INSERT INTO chart_days (day, region, song_id,"));
+        assert_eq!(sql.matches('?').count(), 2);
+        assert!(sql.contains("uniqCombinedMergeState(14)(listeners)"));
+        assert!(sql.contains("FROM chart_hours WHERE day = toDate(?) AND snapshot_id = ?"));
     }
 }

@@ -97,7 +97,7 @@ pub struct RollupJob {
     pub slices: u32,
     /// The charts' per-user cap (`topk_core::chart`).
     pub chart_user_hour_cap: u64,
-    /// Days of `chart_hourly` that `prune` keeps.
+    /// Days of `chart_hours` that `prune` keeps.
     pub chart_retention_days: u32,
 }
 

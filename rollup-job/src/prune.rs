@@ -10,7 +10,7 @@
 //! - A daily partition is dropped when its day is older than the retention (at least the
 //!   window, so the API never loses a day it reads).
 //! - A day's chart rows (`chart_minute`) are dropped with its minute partition.
-//! - A chart partition (`chart_hourly`) is dropped when its day is older than the chart
+//! - A chart partition (`chart_hours`, `chart_days`) is dropped when its day is older than the chart
 //!   retention (16 days by default: a `7d` chart as of a day ago and its previous period).
 //! - A staging table is dropped when a crashed run left it more than a day ago.
 
@@ -19,7 +19,7 @@ use std::fmt;
 use topk_core::cluster::Placement;
 
 use chrono::{DateTime, NaiveDate, Utc};
-use topk_core::schema::{CHART_HOURLY, CHART_MINUTE, DAILY_TOP, PLAYS_MINUTE};
+use topk_core::schema::{CHART_DAYS, CHART_HOURS, CHART_MINUTE, DAILY_TOP, PLAYS_MINUTE};
 use topk_core::window::{Window, WINDOW_DAYS};
 
 use crate::day_state::{plan_days, DayAction, RollUpReason};
@@ -223,7 +223,7 @@ pub async fn prune(
     let inputs = PruneInputs {
         minute_partitions,
         daily_partitions: list_day_partitions(client, placement, DAILY_TOP).await?,
-        chart_partitions: list_day_partitions(client, placement, CHART_HOURLY).await?,
+        chart_partitions: list_day_partitions(client, placement, CHART_HOURS).await?,
         old_day_actions,
         staging_tables: list_staging_tables(client).await?,
     };
@@ -259,7 +259,11 @@ async fn perform(
             (PLAYS_MINUTE, *day)
         }
         PruneStep::DropDailyPartition(day) => (DAILY_TOP, *day),
-        PruneStep::DropChartPartition(day) => (CHART_HOURLY, *day),
+        PruneStep::DropChartPartition(day) => {
+            // The day rows are sums of the hours: both go together.
+            drop_partition(client, placement, CHART_DAYS, *day).await?;
+            (CHART_HOURS, *day)
+        }
         PruneStep::DropStagingTable(name) => return drop_staging_table(client, name).await,
         PruneStep::KeepMinutePartition { .. } => return Ok(()),
     };

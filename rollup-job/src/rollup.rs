@@ -307,7 +307,7 @@ async fn write_snapshot(
     Ok(written)
 }
 
-/// Deletes the rows of `day`'s snapshots in `table` (`daily_top`, `chart_hourly`) older than
+/// Deletes the rows of `day`'s snapshots in `table` (`daily_top`, `chart_hours`) older than
 /// `current` once `current` is older than
 /// [`SNAPSHOT_GRACE`] (readers have switched to it). Returns how many rows were scheduled
 /// for deletion (0: nothing to do, or too early).

@@ -12,7 +12,10 @@
 //! rows (`chart_minute`) as the aggregator writes them with the same claims. A catalog of the
 //! 200 000 songs (12 genres, 20 000 artists). The past days' partitions are merged as they
 //! would be long after; the real rollup job then rolls up the complete days' top lists and the
-//! charts' hourly rows of every complete hour, today's too (as a run on the hour leaves them).
+//! charts' rows of every complete hour, today's too, as its recommended schedule (every 10
+//! minutes) leaves them for the requests: it last ran 10 minutes before the clock, so today's
+//! snapshot ends on the hour before and the requests read 50 to 60 minutes of minute rows (the
+//! most an hour's schedule leaves).
 //!
 //! Then, for each window (1h, 24h, 7d) and scope (global, the biggest region, the smallest,
 //! a genre, the artist with the most songs), `TOPK_BENCH_CHART_REQUESTS` (200) sequential requests
@@ -29,7 +32,10 @@
 //!
 //! `cargo bench -p topk-tests --bench charts` (needs the local stack's ClickHouse).
 //! Small: `TOPK_BENCH_CHART_PLAYS_PER_DAY=300000 TOPK_BENCH_CHART_REQUESTS=20`.
-//! The database (`topk_test_bench_charts`) is dropped at the end unless `TOPK_BENCH_KEEP=1`.
+//! The database (`topk_test_bench_charts`) is dropped at the end unless `TOPK_BENCH_KEEP=1`;
+//! `TOPK_BENCH_REUSE=1` then measures again on it (migrated to this build's schema; the top
+//! lists kept, the charts too unless the migration dropped them) instead of loading the plays
+//! anew.
 
 use std::time::{Duration, Instant};
 
@@ -152,23 +158,60 @@ async fn run() -> anyhow::Result<()> {
     );
     let today = NaiveDate::from_ymd_opt(2026, 11, 24).context("a date")?;
     let now = day_start(today) + chrono::Duration::hours(i64::from(knobs.hour));
-    let options = topk_tests::stack::fresh_database("bench_charts").await;
-    let client = options.client();
+    let reuse = std::env::var("TOPK_BENCH_REUSE").is_ok_and(|reuse| reuse == "1");
+    let (options, loading, merging) = if reuse {
+        // The plays a kept run loaded (`TOPK_BENCH_KEEP=1`), migrated to this build's schema.
+        let options = ClickHouseOptions::new(
+            topk_tests::stack::clickhouse_url(),
+            topk_tests::stack::resource_name("topk_test", "bench_charts"),
+        );
+        topk_core::migrate::migrate(&options).await?;
+        let rows: u64 = options
+            .client()
+            .query(&format!("SELECT count() FROM {CHART_MINUTE}"))
+            .fetch_one()
+            .await?;
+        ensure!(
+            rows > 0,
+            "TOPK_BENCH_REUSE=1 but {} holds no plays: run with TOPK_BENCH_KEEP=1 first",
+            options.clickhouse_database
+        );
+        println!(
+            "reusing {} ({rows} chart rows)",
+            options.clickhouse_database
+        );
+        (options, Duration::ZERO, Duration::ZERO)
+    } else {
+        let options = topk_tests::stack::fresh_database("bench_charts").await;
+        let client = options.client();
+        let started = Instant::now();
+        load_plays(&options, &knobs, now).await?;
+        load_catalog(&client, now).await?;
+        let loading = started.elapsed();
+        let started = Instant::now();
+        merge_past_days(&client, today, knobs.days).await?;
+        let merging = started.elapsed();
+        println!(
+            "merged the past days' minute and chart rows in {:.1} s",
+            merging.as_secs_f64()
+        );
+        (options, loading, merging)
+    };
 
-    let started = Instant::now();
-    load_plays(&options, &knobs, now).await?;
-    load_catalog(&client, now).await?;
-    let loading = started.elapsed();
-
-    let started = Instant::now();
-    merge_past_days(&client, today, knobs.days).await?;
-    let merging = started.elapsed();
-    println!(
-        "merged the past days' minute and chart rows in {:.1} s",
-        merging.as_secs_f64()
-    );
-
-    let (top_lists, charts) = roll_up(&options, now, knobs.days).await?;
+    // Reused: the top lists are kept, and the charts too when this build's schema has them.
+    let snapshots: u64 = options
+        .client()
+        .query("SELECT count() FROM chart_snapshots")
+        .fetch_one()
+        .await?;
+    let (top_lists, charts) = roll_up(
+        &options,
+        now - chrono::Duration::minutes(10),
+        knobs.days,
+        reuse,
+        reuse && snapshots > 0,
+    )
+    .await?;
     let started = Instant::now();
     wait_for_merges(&options).await?;
     println!(
@@ -183,6 +226,7 @@ async fn run() -> anyhow::Result<()> {
     let reading = started.elapsed();
     print_latencies(&cells);
     print_rows_read(&options, marker_base, &cells).await?;
+    print_listener_error(&options, now).await?;
     print_parts(&options, "at the end").await?;
     println!(
         "phases: loading {:.1} s, merging {:.1} s, rollup {:.1} s (top lists) + {:.1} s (charts), \
@@ -477,6 +521,8 @@ async fn roll_up(
     options: &ClickHouseOptions,
     now: DateTime<Utc>,
     days: u64,
+    keep_top_lists: bool,
+    keep_charts: bool,
 ) -> anyhow::Result<(Duration, Duration)> {
     let mut job = topk_rollup::RollupJob::new(options.client(), now);
     job.placement = options.placement();
@@ -484,18 +530,24 @@ async fn roll_up(
     let first_day = today - Days::new(days);
     let yesterday = today - Days::new(1);
     let started = Instant::now();
-    let outcomes = job
-        .backfill(first_day, yesterday, |outcome| println!("{outcome}"))
-        .await?;
+    let outcomes = if keep_top_lists {
+        Vec::new()
+    } else {
+        job.backfill(first_day, yesterday, |outcome| println!("{outcome}"))
+            .await?
+    };
     ensure!(
         outcomes.iter().all(|outcome| !outcome.failed()),
         "a rollup of top lists failed"
     );
     let top_lists = started.elapsed();
     let started = Instant::now();
-    let mut chart_outcomes = job
-        .backfill_charts(first_day, yesterday, |outcome| println!("{outcome}"))
-        .await?;
+    let mut chart_outcomes = if keep_charts {
+        Vec::new()
+    } else {
+        job.backfill_charts(first_day, yesterday, |outcome| println!("{outcome}"))
+            .await?
+    };
     chart_outcomes.extend(job.charts(|outcome| println!("{outcome}")).await?);
     ensure!(
         chart_outcomes.iter().all(|outcome| !outcome.failed()),
@@ -678,6 +730,66 @@ async fn measure(
     Ok(cells)
 }
 
+/// How far the answered listeners (exact up to 1 024, estimated above) are from the exact
+/// count, over the top 100 songs of each window's global chart as of `now`: the exact count is
+/// the distinct users of the song's chart rows in the window (every chart row has a counted
+/// play; the benchmark's rows are all committed).
+async fn print_listener_error(
+    options: &ClickHouseOptions,
+    now: DateTime<Utc>,
+) -> anyhow::Result<()> {
+    let app = topk_api::app(api_state(options, now, 0)?);
+    println!("listeners against the exact count, the top 100 of the global chart as of {now}:");
+    for window in ChartWindow::ALL {
+        let uri = format!(
+            "/v1/charts/top-songs?scope=global&window={window}&limit=100&as_of={}",
+            now.to_rfc3339_opts(SecondsFormat::Secs, true)
+        );
+        let response = app
+            .clone()
+            .oneshot(Request::get(&uri).body(Body::empty())?)
+            .await?;
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 22).await?;
+        let body: ChartResponse = serde_json::from_slice(&bytes)?;
+        let songs: Vec<String> = body.songs.iter().map(|song| song.song_id.clone()).collect();
+        let span = window.span(now);
+        let exact: Vec<(String, u64)> = options
+            .client()
+            .query(&format!(
+                "SELECT song_id, uniqExact(user_id) FROM {CHART_MINUTE} \
+                 WHERE minute >= toDateTime(?) AND minute < toDateTime(?) \
+                 AND has(CAST(? AS Array(String)), song_id) GROUP BY song_id"
+            ))
+            .bind(span.from.timestamp())
+            .bind(span.to.timestamp())
+            .bind(&songs)
+            .fetch_all()
+            .await?;
+        let errors: Vec<f64> = body
+            .songs
+            .iter()
+            .filter_map(|song| {
+                let (_, count) = exact.iter().find(|(id, _)| *id == song.song_id)?;
+                Some((song.listeners as f64 - *count as f64).abs() / (*count).max(1) as f64)
+            })
+            .collect();
+        let exact_counts: Vec<u64> = exact.iter().map(|(_, count)| *count).collect();
+        let mean = errors.iter().sum::<f64>() / errors.len().max(1) as f64;
+        let max = errors.iter().copied().fold(0.0, f64::max);
+        println!(
+            "  {window:>3}: {} songs with {}..{} listeners: mean error {:.3} %, max {:.3} % \
+             (standard error claimed: {:.2} %)",
+            errors.len(),
+            exact_counts.iter().min().unwrap_or(&0),
+            exact_counts.iter().max().unwrap_or(&0),
+            mean * 100.0,
+            max * 100.0,
+            topk_core::chart::LISTENERS_RELATIVE_ERROR * 100.0
+        );
+    }
+    Ok(())
+}
+
 /// A chart with songs, a page as full as its total allows, ranked from `offset + 1`, plays
 /// not increasing, every song with a listener and no more listeners than plays.
 fn check_page(body: &ChartResponse, offset: usize) -> anyhow::Result<()> {
@@ -789,7 +901,7 @@ async fn print_rows_read(
         .query(&format!(
             "SELECT marker, \
              multiIf(position(query, 'indexOf(ranked') > 0, 'prev_rank', \
-                     position(query, 'uniqExactMerge') > 0, 'listeners', \
+                     position(query, 'uniqCombinedMerge') > 0, 'listeners', \
                      position(query, 'length(ranked)') > 0, 'rank', 'plan') AS kind, \
              toUInt8(type != 2), read_rows, read_bytes, query_duration_ms \
              FROM (SELECT type, query, read_rows, read_bytes, query_duration_ms, \

@@ -14,7 +14,7 @@ use axum::http::{Request, StatusCode};
 use axum::Router;
 use chrono::{DateTime, Duration as ChronoDuration, DurationRound, Utc};
 use serde_json::Value;
-use topk_core::chart::{ChartSpan, ChartWindow, DEFAULT_USER_HOUR_CAP};
+use topk_core::chart::{ChartSpan, ChartWindow, DEFAULT_USER_HOUR_CAP, LISTENERS_EXACT_UP_TO};
 use topk_core::event::{PlayEvent, DEFAULT_CHART_MIN_PLAYED_MS};
 use topk_core::schema::{SongRow, SONGS};
 use topk_loadgen::charts::{expected_chart, ExpectedChartSong};
@@ -208,11 +208,17 @@ async fn assert_every_chart_equals_brute_force(
         let span = window.span(as_of);
         for scope in &SCOPES {
             let expected_songs = expected(messages, &span, scope.keeps);
-            let previous: HashMap<String, u64> = expected(messages, &span.previous(), scope.keeps)
-                .into_iter()
-                .enumerate()
-                .map(|(index, song)| (song.song_id, index as u64 + 1))
-                .collect();
+            // Listener counts are exact up to 1 024 users (approximate above: the benchmark
+            // measures that error), so these are compared exactly.
+            assert!(expected_songs
+                .iter()
+                .all(|song| song.listeners <= LISTENERS_EXACT_UP_TO));
+            let previous: HashMap<String, u64> =
+                expected(messages, &window.previous(&span), scope.keeps)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, song)| (song.song_id, index as u64 + 1))
+                    .collect();
             let limit = 23;
             let mut offset = 0;
             loop {
@@ -322,11 +328,19 @@ async fn every_chart_equals_the_brute_force_with_the_cap_short_plays_and_late_pl
     let chart_rows: u64 = pipeline
         .clickhouse
         .client()
-        .query("SELECT count() FROM chart_hourly")
+        .query("SELECT count() FROM chart_hours")
         .fetch_one()
         .await
         .unwrap();
     assert!(chart_rows > 1_000, "{chart_rows} chart rows");
+    let day_rows: u64 = pipeline
+        .clickhouse
+        .client()
+        .query("SELECT count() FROM chart_days WHERE region = '*'")
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(day_rows > 500, "{day_rows} all-regions day rows");
 
     // Offline plays of a rolled-up day, committed after its snapshot: the day is read from
     // its minute rows until it is rolled up again.

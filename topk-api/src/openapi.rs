@@ -259,7 +259,7 @@ fn chart_schema() -> Value {
                     "rank": {"type": "integer", "minimum": 1, "description": "1-based: plays descending, then song_id ascending"},
                     "song_id": {"type": "string"},
                     "plays": {"type": "integer", "minimum": 1},
-                    "listeners": {"type": "integer", "minimum": 1},
+                    "listeners": {"type": "integer", "minimum": 1, "description": "Distinct users with a counted play: exact up to 1 024, above that an estimate with a 0.8 % standard error"},
                     "prev_rank": {"type": "integer", "minimum": 1, "nullable": true, "description": "The rank in the same window one period earlier; null when the song had no counted play then"},
                     "metadata": {
                         "description": "With include=metadata only: the song's catalog entry, null when the catalog does not know the song",

@@ -85,6 +85,11 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0010_charts.sql",
         sql: include_str!("../../sql/0010_charts.sql"),
     },
+    Migration {
+        version: 11,
+        name: "0011_chart_days.sql",
+        sql: include_str!("../../sql/0011_chart_days.sql"),
+    },
 ];
 
 /// The suffix of a table a migration creates to replace the table of the name without it.

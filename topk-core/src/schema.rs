@@ -16,11 +16,17 @@ pub const DAILY_TOP: &str = "daily_top";
 pub const ROLLUP_PROGRESS: &str = "rollup_progress";
 /// The chart-eligible minute rows ordered by time (see [`ChartMinuteRow`]).
 pub const CHART_MINUTE: &str = "chart_minute";
-/// Chart plays and listeners per (UTC hour, region, song), snapshots of days' complete hours
-/// (see [`crate::chart`]).
-pub const CHART_HOURLY: &str = "chart_hourly";
-/// The recorded chart snapshots (see [`ChartRollupRow`]).
-pub const CHART_ROLLUPS: &str = "chart_rollups";
+/// Chart plays and listeners per (UTC hour, region, song) and per (UTC hour, all regions,
+/// song), snapshots of days' complete hours (see [`crate::chart`]).
+pub const CHART_HOURS: &str = "chart_hours";
+/// The same snapshots' hours summed per (region, song) and per (all regions, song).
+pub const CHART_DAYS: &str = "chart_days";
+/// The `region` of the rows of [`CHART_HOURS`] and [`CHART_DAYS`] that count every region
+/// together (no region code is `*`).
+pub const ALL_REGIONS: &str = "*";
+
+/// The recorded chart snapshots (see [`ChartSnapshotRow`]).
+pub const CHART_SNAPSHOTS: &str = "chart_snapshots";
 pub const SCHEMA_MIGRATIONS: &str = "schema_migrations";
 /// The song catalog: one row per song per change (see [`SongRow`]).
 pub const SONGS: &str = "songs";
@@ -83,10 +89,10 @@ impl ChartMinuteRow {
     }
 }
 
-/// One recorded chart snapshot of a day (`chart_rollups`): its `chart_hourly` rows hold the
-/// day's hours before `hours_through`.
+/// One recorded chart snapshot of a day (`chart_snapshots`): its `chart_hours` and
+/// `chart_days` rows hold the day's hours before `hours_through`.
 #[derive(Debug, Clone, PartialEq, Row, Serialize, Deserialize)]
-pub struct ChartRollupRow {
+pub struct ChartSnapshotRow {
     #[serde(with = "clickhouse::serde::chrono::date")]
     pub day: NaiveDate,
     /// `ms << 16 | random`, like a daily snapshot's: a later snapshot has a higher id.

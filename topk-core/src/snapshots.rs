@@ -15,12 +15,12 @@ use chrono::NaiveDate;
 
 use crate::committed::{CommittedFlushes, SnapshotHeads};
 use crate::schema::{
-    ChartRollupRow, RollupProgressRow, CHART_ROLLUPS, FLUSH_COMMITS, ROLLUP_PROGRESS,
+    ChartSnapshotRow, RollupProgressRow, CHART_SNAPSHOTS, FLUSH_COMMITS, ROLLUP_PROGRESS,
 };
 use crate::window::{day_from_number, day_number};
 
 /// A recorded snapshot of one day and the heads of what it read: a daily rollup
-/// ([`RollupProgressRow`]) or a chart rollup ([`ChartRollupRow`]).
+/// ([`RollupProgressRow`]) or a chart rollup ([`ChartSnapshotRow`]).
 pub trait DaySnapshot {
     fn day(&self) -> NaiveDate;
     /// Per Kafka partition: (partition, newest claim, its last committed flush).
@@ -41,7 +41,7 @@ impl DaySnapshot for RollupProgressRow {
     }
 }
 
-impl DaySnapshot for ChartRollupRow {
+impl DaySnapshot for ChartSnapshotRow {
     fn day(&self) -> NaiveDate {
         self.day
     }
@@ -210,14 +210,14 @@ where
 }
 
 /// The latest chart rollup of every day from `first` to `last` (inclusive) that has one.
-pub async fn latest_chart_rollups(
+pub async fn latest_chart_snapshots(
     client: &clickhouse::Client,
     first: NaiveDate,
     last: NaiveDate,
-) -> Result<BTreeMap<NaiveDate, ChartRollupRow>, clickhouse::error::Error> {
-    let rows: Vec<ChartRollupRow> = client
+) -> Result<BTreeMap<NaiveDate, ChartSnapshotRow>, clickhouse::error::Error> {
+    let rows: Vec<ChartSnapshotRow> = client
         .query(&format!(
-            "SELECT ?fields FROM {CHART_ROLLUPS} WHERE day >= toDate(?) AND day <= toDate(?) \
+            "SELECT ?fields FROM {CHART_SNAPSHOTS} WHERE day >= toDate(?) AND day <= toDate(?) \
              ORDER BY day, snapshot_id DESC LIMIT 1 BY day"
         ))
         .bind(first.to_string())
@@ -234,7 +234,7 @@ pub async fn latest_chart_rollups(
 pub async fn hours_with_new_commits(
     client: &clickhouse::Client,
     committed: &CommittedFlushes,
-    snapshots: &BTreeMap<NaiveDate, ChartRollupRow>,
+    snapshots: &BTreeMap<NaiveDate, ChartSnapshotRow>,
 ) -> Result<BTreeSet<u32>, clickhouse::error::Error> {
     let found: Vec<u32> = new_commit_values(
         client,

@@ -1,19 +1,23 @@
 //! Reading a chart (`topk_core::chart`): the top songs of everyone, of a region, a genre or an
 //! artist over a window, exact under the per-user cap.
 //!
-//! Each UTC hour of the window is read from where it is complete ([`ChartSources`]):
+//! Each part of the window is read from where it is complete ([`ChartSources`]):
 //!
-//! - **an hour of a chart snapshot with no plays committed for it since** (`topk-rollup`
-//!   snapshots each day's complete hours, today's too, into `chart_hourly`): one row per
-//!   (hour, region, song), already capped and summed;
+//! - **a day whose current chart snapshot lies wholly inside the window, with no plays
+//!   committed for its hours since** (`topk-rollup` snapshots each day's complete hours,
+//!   today's too): one row per song in `chart_days`, already capped and summed;
+//! - **another hour of a chart snapshot with no plays committed for it since**: one row per
+//!   song in `chart_hours`;
 //! - **the current hour, hours not rolled up yet or with plays committed since their snapshot,
 //!   and the part-hours at the window's edges**: the committed chart rows of `chart_minute`
 //!   (ordered by time, so an hour's rows are read alone), each user's plays of a song capped
 //!   per (region, clock hour) by the query itself.
 //!
-//! Both parts are summed per song in one query, which ranks every song of the window (plays
+//! A region's chart reads the region's rows of the snapshots; every other scope reads their
+//! all-regions rows (`region = '*'`), a genre or an artist keeping its catalog songs. The
+//! parts are summed per song in one query, which ranks every song of the window (plays
 //! descending, then `song_id` ascending) and returns the page and the count. Two more queries,
-//! run at once, read the page's listeners (uniqExact states of the hours merged with the
+//! run at once, read the page's listeners (the snapshots' listener states merged with the
 //! minute rows' users) and the page's ranks in the previous period.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,11 +25,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use clickhouse::Row;
 use serde::Deserialize;
-use topk_core::chart::{ceil_to, floor_to, ChartSpan};
+use topk_core::chart::{ceil_to, floor_to, listeners_function, ChartSpan, ChartWindow};
 use topk_core::committed::CommittedFlushes;
-use topk_core::schema::{ChartRollupRow, CHART_HOURLY, CHART_MINUTE, SONGS_CURRENT};
-use topk_core::snapshots::{hours_with_new_commits, latest_chart_rollups};
-use topk_core::window::hour_number;
+use topk_core::schema::{
+    ChartSnapshotRow, ALL_REGIONS, CHART_DAYS, CHART_HOURS, CHART_MINUTE, SONGS,
+};
+use topk_core::snapshots::{hours_with_new_commits, latest_chart_snapshots};
+use topk_core::window::{day_start, hour_number};
 
 use super::{data_through, read_committed, timed, DayPlan};
 use crate::error::AppError;
@@ -38,7 +44,7 @@ pub struct ChartPlan {
     /// What counts.
     pub committed: CommittedFlushes,
     /// The current chart snapshot of each day that has one.
-    pub snapshots: BTreeMap<NaiveDate, ChartRollupRow>,
+    pub snapshots: BTreeMap<NaiveDate, ChartSnapshotRow>,
     /// Hours (since 1970) with plays committed after their day's snapshot.
     pub late_hours: BTreeSet<u32>,
     /// See [`super::ReadPlan::data_through`].
@@ -65,7 +71,7 @@ impl ChartPlan {
         let committed = read_committed(client).await?;
         let snapshots = timed(
             "chart_snapshots",
-            latest_chart_rollups(client, first_day, last_day),
+            latest_chart_snapshots(client, first_day, last_day),
         )
         .await?;
         let late_hours = timed(
@@ -84,7 +90,30 @@ impl ChartPlan {
         })
     }
 
-    /// The snapshot whose `chart_hourly` rows hold the hour starting at `hour` completely,
+    /// When `start` is a day's first hour and that day's snapshot (counted with `cap`) has
+    /// every hour complete and ends by `end`: the snapshot and its `hours_through`, where the
+    /// hours it does not hold begin.
+    pub fn whole_day_snapshot(
+        &self,
+        start: DateTime<Utc>,
+        end: DateTime<Utc>,
+        cap: u64,
+    ) -> Option<(u64, DateTime<Utc>)> {
+        let day = start.date_naive();
+        let snapshot = self.snapshots.get(&day)?;
+        let through = snapshot.hours_through;
+        let whole = start == day_start(day)
+            && snapshot.user_hour_cap == cap
+            && start < through
+            && through <= end
+            && !self
+                .late_hours
+                .range(hour_number(start)..hour_number(through))
+                .any(|_| true);
+        whole.then_some((snapshot.snapshot_id, through))
+    }
+
+    /// The snapshot whose `chart_hours` rows hold the hour starting at `hour` completely,
     /// counted with `cap`, if any.
     pub fn hour_snapshot(&self, hour: DateTime<Utc>, cap: u64) -> Option<u64> {
         let snapshot = self.snapshots.get(&hour.date_naive())?;
@@ -117,26 +146,39 @@ impl ChartScope {
         }
     }
 
-    /// The condition on a row of `chart_hourly` or `plays_minute` (both have `region` and
-    /// `song_id`), with its bind.
-    fn condition(&self) -> (String, Option<Bind>) {
+    /// The `region` of the snapshot rows (`chart_hours`, `chart_days`) this scope reads: its
+    /// region's, or all regions' together.
+    fn snapshot_region(&self) -> &str {
         match self {
-            Self::Global => (String::new(), None),
-            Self::Region(region) => (
-                " AND region = ?".to_owned(),
-                Some(Bind::Text(region.clone())),
-            ),
-            Self::Genre(genre) => (
-                format!(" AND song_id IN (SELECT song_id FROM {SONGS_CURRENT} WHERE genre = ?)"),
-                Some(Bind::Text(genre.clone())),
-            ),
-            Self::Artist(artist_id) => (
-                format!(
-                    " AND song_id IN (SELECT song_id FROM {SONGS_CURRENT} WHERE artist_id = ?)"
-                ),
-                Some(Bind::Text(artist_id.clone())),
-            ),
+            Self::Region(region) => region,
+            _ => ALL_REGIONS,
         }
+    }
+
+    /// The condition on a row's `song_id` (genre and artist: the catalog's current songs of
+    /// it), with its bind.
+    fn song_condition(&self) -> (String, Option<Bind>) {
+        let column = match self {
+            Self::Global | Self::Region(_) => return (String::new(), None),
+            Self::Genre(_) => "genre",
+            Self::Artist(_) => "artist_id",
+        };
+        let value = match self {
+            Self::Genre(value) | Self::Artist(value) => value.clone(),
+            _ => String::new(),
+        };
+        // The catalog's current entry of each song is its highest version. Only the songs
+        // with an entry of that value (any version, found by a plain scan of one column) are
+        // grouped: a fraction of the `songs_current` view's cost (measured on 200 000 songs:
+        // 30-60 ms instead of ~110 ms for the grouping of every song, ~0.5 s for the view).
+        (
+            format!(
+                " AND song_id IN (SELECT song_id FROM {SONGS} WHERE song_id IN \
+                 (SELECT song_id FROM {SONGS} WHERE {column} = ?) \
+                 GROUP BY song_id HAVING argMax({column}, version) = ?)"
+            ),
+            Some(Bind::Pair(value)),
+        )
     }
 }
 
@@ -165,6 +207,8 @@ pub struct ChartSong {
 #[derive(Debug, Clone)]
 pub struct ChartQuery {
     pub scope: ChartScope,
+    pub window: ChartWindow,
+    /// `window` as of the asked moment.
     pub span: ChartSpan,
     pub offset: usize,
     pub limit: usize,
@@ -172,7 +216,7 @@ pub struct ChartQuery {
     pub user_hour_cap: u64,
 }
 
-/// A `chart_hourly` read: one day's snapshot, hours `[from, to)`.
+/// A `chart_hours` read: one day's snapshot, hours `[from, to)`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HourPart {
     pub day: NaiveDate,
@@ -181,9 +225,17 @@ pub struct HourPart {
     pub to: DateTime<Utc>,
 }
 
+/// A `chart_days` read: every hour of one day's snapshot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DayPart {
+    pub day: NaiveDate,
+    pub snapshot_id: u64,
+}
+
 /// Where each part of a span is read from.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChartSources {
+    pub days: Vec<DayPart>,
     pub hours: Vec<HourPart>,
     /// `[from, to)` ranges read from minute rows, sorted, not adjacent.
     pub minutes: Vec<(DateTime<Utc>, DateTime<Utc>)>,
@@ -202,6 +254,14 @@ impl ChartSources {
         sources.add_minutes(span.from, first_hour);
         let mut start = first_hour;
         while start < end_hour {
+            if let Some((snapshot_id, through)) = plan.whole_day_snapshot(start, end_hour, cap) {
+                sources.days.push(DayPart {
+                    day: start.date_naive(),
+                    snapshot_id,
+                });
+                start = through;
+                continue;
+            }
             match plan.hour_snapshot(start, cap) {
                 Some(snapshot_id) => sources.add_hour(start, snapshot_id),
                 None => sources.add_minutes(start, start + hour),
@@ -210,6 +270,10 @@ impl ChartSources {
         }
         sources.add_minutes(end_hour, span.to);
         sources
+    }
+
+    fn is_empty(&self) -> bool {
+        self.days.is_empty() && self.hours.is_empty() && self.minutes.is_empty()
     }
 
     fn add_hour(&mut self, start: DateTime<Utc>, snapshot_id: u64) {
@@ -244,6 +308,8 @@ enum Bind {
     Texts(Vec<String>),
     /// The four arrays of [`CommittedFlushes::condition`].
     Committed,
+    /// The same text twice.
+    Pair(String),
 }
 
 /// SQL text and its binds.
@@ -283,6 +349,7 @@ impl Sql {
                 Bind::Number(number) => query.bind(number),
                 Bind::Texts(texts) => query.bind(texts),
                 Bind::Committed => committed.bind(query),
+                Bind::Pair(text) => query.bind(text).bind(text),
             };
         }
         query
@@ -293,10 +360,10 @@ fn epoch_secs(time: DateTime<Utc>) -> u64 {
     u64::try_from(time.timestamp()).unwrap_or(0)
 }
 
-/// What one part of the window reads: `hourly` is the `chart_hourly` column (`plays` or
-/// `listeners`), `minute` what the minute rows give instead; `songs`: only these.
+/// What one part of the window reads: `snapshot` is the column of the snapshot tables
+/// (`plays` or `listeners`), `minute` what the minute rows give instead; `songs`: only these.
 struct PartColumns<'a> {
-    hourly: &'a str,
+    snapshot: &'a str,
     minute: &'a str,
     /// The bind of a `?` in `minute`.
     minute_bind: Option<Bind>,
@@ -304,15 +371,15 @@ struct PartColumns<'a> {
     per_user_hour: bool,
 }
 
-/// `SELECT song_id, <value> FROM .. UNION ALL SELECT ..` over the sources' parts.
+/// `SELECT song_id, <value> FROM .. UNION ALL SELECT ..` over the sources' parts: the scope's
+/// region (all regions' rows for the other scopes), not its catalog songs.
 fn parts_sql(
     sources: &ChartSources,
     scope: &ChartScope,
     columns: &PartColumns<'_>,
     songs: Option<&[String]>,
 ) -> Sql {
-    let (scope_condition, scope_bind) = scope.condition();
-    let song_filter = |sql: &mut Sql| {
+    let filters = |sql: &mut Sql| {
         if let Some(songs) = songs {
             sql.bind(
                 " AND has(CAST(? AS Array(String)), song_id)",
@@ -321,11 +388,31 @@ fn parts_sql(
         }
     };
     let mut parts: Vec<Sql> = Vec::new();
+    if !sources.days.is_empty() {
+        let mut sql = Sql::default();
+        sql.push(&format!(
+            "SELECT song_id, {} AS value FROM {CHART_DAYS} WHERE (",
+            columns.snapshot
+        ));
+        for (index, part) in sources.days.iter().enumerate() {
+            if index > 0 {
+                sql.push(" OR ");
+            }
+            sql.bind("(day = toDate(?)", Bind::Text(part.day.to_string()))
+                .bind(" AND snapshot_id = ?)", Bind::Number(part.snapshot_id));
+        }
+        sql.bind(
+            ") AND region = ?",
+            Bind::Text(scope.snapshot_region().to_owned()),
+        );
+        filters(&mut sql);
+        parts.push(sql);
+    }
     if !sources.hours.is_empty() {
         let mut sql = Sql::default();
         sql.push(&format!(
-            "SELECT song_id, {} AS value FROM {CHART_HOURLY} WHERE (",
-            columns.hourly
+            "SELECT song_id, {} AS value FROM {CHART_HOURS} WHERE (",
+            columns.snapshot
         ));
         for (index, part) in sources.hours.iter().enumerate() {
             if index > 0 {
@@ -342,12 +429,11 @@ fn parts_sql(
                     Bind::Number(epoch_secs(part.to)),
                 );
         }
-        sql.push(")");
-        sql.push(&scope_condition);
-        if let Some(bind) = &scope_bind {
-            sql.binds.push(bind.clone());
-        }
-        song_filter(&mut sql);
+        sql.bind(
+            ") AND region = ?",
+            Bind::Text(scope.snapshot_region().to_owned()),
+        );
+        filters(&mut sql);
         parts.push(sql);
     }
     if !sources.minutes.is_empty() {
@@ -370,11 +456,10 @@ fn parts_sql(
         }
         sql.push(") AND ");
         sql.bind(&CommittedFlushes::condition(""), Bind::Committed);
-        sql.push(&scope_condition);
-        if let Some(bind) = &scope_bind {
-            sql.binds.push(bind.clone());
+        if let ChartScope::Region(region) = scope {
+            sql.bind(" AND region = ?", Bind::Text(region.clone()));
         }
-        song_filter(&mut sql);
+        filters(&mut sql);
         if columns.per_user_hour {
             sql.push(" GROUP BY user_id, song_id, region, toStartOfHour(minute)");
         } else {
@@ -404,14 +489,14 @@ fn ranked_sql(sources: &ChartSources, scope: &ChartScope, cap: u64, songs_only: 
     sql.push(&format!(
         "SELECT groupArray({element}) AS ranked FROM (SELECT song_id, sum(value) AS plays FROM ("
     ));
-    if sources.hours.is_empty() && sources.minutes.is_empty() {
+    if sources.is_empty() {
         sql.push("SELECT '' AS song_id, toUInt64(0) AS value WHERE 0");
     } else {
         sql.append(parts_sql(
             sources,
             scope,
             &PartColumns {
-                hourly: "plays",
+                snapshot: "plays",
                 minute: "least(toUInt64(?), sum(chart_plays))",
                 minute_bind: Some(Bind::Number(cap)),
                 per_user_hour: true,
@@ -419,7 +504,15 @@ fn ranked_sql(sources: &ChartSources, scope: &ChartScope, cap: u64, songs_only: 
             None,
         ));
     }
-    sql.push(") GROUP BY song_id ORDER BY plays DESC, song_id ASC)");
+    // A genre's or an artist's songs are kept once, after the parts (each part of the union
+    // would look the catalog up again).
+    let (song_condition, song_bind) = scope.song_condition();
+    sql.push(") WHERE 1");
+    sql.push(&song_condition);
+    if let Some(bind) = song_bind {
+        sql.binds.push(bind);
+    }
+    sql.push(" GROUP BY song_id ORDER BY plays DESC, song_id ASC)");
     sql
 }
 
@@ -480,7 +573,11 @@ pub(super) async fn read_chart(
         });
     }
     let listeners = read_listeners(client, plan, &sources, &query.scope, &page.songs);
-    let previous = ChartSources::of(&query.span.previous(), plan, query.user_hour_cap);
+    let previous = ChartSources::of(
+        &query.window.previous(&query.span),
+        plan,
+        query.user_hour_cap,
+    );
     let prev_ranks = read_ranks(client, plan, &previous, query, &page.songs);
     let (listeners, prev_ranks) = tokio::try_join!(listeners, prev_ranks)?;
     let songs = page
@@ -491,10 +588,12 @@ pub(super) async fn read_chart(
         .enumerate()
         .map(|(index, ((song_id, plays), prev_rank))| ChartSong {
             rank: (query.offset + index + 1) as u64,
+            // Every listener has a counted play: an estimate above the plays is cut to them.
             listeners: listeners
                 .iter()
                 .find(|row| row.song_id == song_id)
-                .map_or(0, |row| row.listeners),
+                .map_or(0, |row| row.listeners)
+                .min(plays),
             song_id,
             plays,
             prev_rank: (prev_rank > 0).then_some(prev_rank),
@@ -515,19 +614,23 @@ async fn read_listeners(
     songs: &[String],
 ) -> Result<Vec<SongListeners>, AppError> {
     let mut sql = Sql::default();
-    sql.push("SELECT song_id, uniqExactMerge(value) AS listeners FROM (")
-        .append(parts_sql(
-            sources,
-            scope,
-            &PartColumns {
-                hourly: "listeners",
-                minute: "uniqExactState(user_id)",
-                minute_bind: None,
-                per_user_hour: false,
-            },
-            Some(songs),
-        ))
-        .push(") GROUP BY song_id");
+    let merge = listeners_function("Merge");
+    let state = format!("{}(user_id)", listeners_function("State"));
+    sql.push(&format!(
+        "SELECT song_id, {merge}(value) AS listeners FROM ("
+    ))
+    .append(parts_sql(
+        sources,
+        scope,
+        &PartColumns {
+            snapshot: "listeners",
+            minute: &state,
+            minute_bind: None,
+            per_user_hour: false,
+        },
+        Some(songs),
+    ))
+    .push(") GROUP BY song_id");
     timed(
         "chart_listeners",
         sql.query(client, &plan.committed).fetch_all(),
@@ -560,7 +663,6 @@ async fn read_ranks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use topk_core::chart::ChartWindow;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().to_utc()
@@ -570,8 +672,13 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn snapshot(day: NaiveDate, snapshot_id: u64, hours_through: &str, cap: u64) -> ChartRollupRow {
-        ChartRollupRow {
+    fn snapshot(
+        day: NaiveDate,
+        snapshot_id: u64,
+        hours_through: &str,
+        cap: u64,
+    ) -> ChartSnapshotRow {
+        ChartSnapshotRow {
             day,
             snapshot_id,
             hours_through: at(hours_through),
@@ -614,25 +721,30 @@ mod tests {
         }
     }
 
+    fn whole_day(day_text: &str, snapshot_id: u64) -> DayPart {
+        DayPart {
+            day: day(day_text),
+            snapshot_id,
+        }
+    }
+
     #[test]
-    fn complete_hours_come_from_their_snapshot_the_rest_from_minutes() {
+    fn whole_snapshots_come_from_days_other_complete_hours_from_hours_the_rest_from_minutes() {
         let span = ChartWindow::Week.span(at("2026-11-30T12:34:20Z"));
         let sources = ChartSources::of(&span, &plan(), 20);
+        // 11-27 and 11-28 whole; today's snapshot ends at 10:00, inside the window.
+        assert_eq!(
+            sources.days,
+            vec![
+                whole_day("2026-11-27", 27),
+                whole_day("2026-11-28", 28),
+                whole_day("2026-11-30", 30),
+            ]
+        );
+        // 11-29 has a late hour (05:00): its other hours one by one.
         assert_eq!(
             sources.hours,
             vec![
-                part(
-                    "2026-11-27",
-                    27,
-                    "2026-11-27T00:00:00Z",
-                    "2026-11-28T00:00:00Z"
-                ),
-                part(
-                    "2026-11-28",
-                    28,
-                    "2026-11-28T00:00:00Z",
-                    "2026-11-29T00:00:00Z"
-                ),
                 part(
                     "2026-11-29",
                     29,
@@ -644,12 +756,6 @@ mod tests {
                     29,
                     "2026-11-29T06:00:00Z",
                     "2026-11-30T00:00:00Z"
-                ),
-                part(
-                    "2026-11-30",
-                    30,
-                    "2026-11-30T00:00:00Z",
-                    "2026-11-30T10:00:00Z"
                 ),
             ]
         );
@@ -663,14 +769,52 @@ mod tests {
         );
         // Another cap: nothing from the snapshots but 11-26's.
         let other = ChartSources::of(&span, &plan(), 5);
+        assert_eq!(other.days, vec![whole_day("2026-11-26", 26)]);
+        assert!(other.hours.is_empty());
+    }
+
+    #[test]
+    fn a_day_only_partly_inside_the_window_is_read_by_the_hour() {
+        // From 11-28 12:35: 11-28's hours from 13:00 on, not its day rows; 11-29 has a late
+        // hour; today's snapshot (to 10:00) lies inside.
+        let span = ChartWindow::Day.span(at("2026-11-29T12:34:20Z"));
+        let sources = ChartSources::of(&span, &plan(), 20);
+        assert!(sources.days.is_empty());
         assert_eq!(
-            other.hours,
-            vec![part(
-                "2026-11-26",
-                26,
-                "2026-11-26T00:00:00Z",
-                "2026-11-27T00:00:00Z"
-            )]
+            sources.hours,
+            vec![
+                part(
+                    "2026-11-28",
+                    28,
+                    "2026-11-28T13:00:00Z",
+                    "2026-11-29T00:00:00Z"
+                ),
+                part(
+                    "2026-11-29",
+                    29,
+                    "2026-11-29T00:00:00Z",
+                    "2026-11-29T05:00:00Z"
+                ),
+                part(
+                    "2026-11-29",
+                    29,
+                    "2026-11-29T06:00:00Z",
+                    "2026-11-29T12:00:00Z"
+                ),
+            ]
+        );
+        // Today before the snapshot's end: the snapshot does not lie inside, its hours do.
+        let early = ChartWindow::Day.span(at("2026-11-30T08:10:00Z"));
+        let sources = ChartSources::of(&early, &plan(), 20);
+        assert!(sources.days.is_empty());
+        assert_eq!(
+            sources.hours.last(),
+            Some(&part(
+                "2026-11-30",
+                30,
+                "2026-11-30T00:00:00Z",
+                "2026-11-30T08:00:00Z"
+            ))
         );
     }
 
@@ -701,14 +845,42 @@ mod tests {
         let scope = ChartScope::Region("DE".to_owned());
         let sql = ranked_sql(&sources, &scope, 20, false);
         let binds = sql.binds.len();
-        // Hours: 5 parts × 4 + region; minutes: cap + 3 ranges × 2 + committed + region.
-        assert_eq!(binds, 5 * 4 + 1 + 1 + 3 * 2 + 1 + 1);
+        // Days: 3 × 2 + region; hours: 2 × 4 + region; minutes: cap + 3 ranges × 2 +
+        // committed + region.
+        assert_eq!(binds, 3 * 2 + 1 + 2 * 4 + 1 + 1 + 3 * 2 + 1 + 1);
         assert_eq!(sql.text.matches('?').count(), binds - 1 + 4, "{}", sql.text);
-        // After the hours' 5 × 4 binds and the region.
-        assert!(matches!(sql.binds[21], Bind::Number(20)));
+        let cap_at = 3 * 2 + 1 + 2 * 4 + 1;
+        assert!(matches!(sql.binds[cap_at], Bind::Number(20)));
         let cap_in_text = sql.text.find("least(toUInt64(?)").unwrap();
-        let chart_hourly = sql.text.find("FROM chart_hourly").unwrap();
+        let chart_hours = sql.text.find("FROM chart_hours").unwrap();
         let minutes = sql.text.find("FROM chart_minute").unwrap();
-        assert!(chart_hourly < cap_in_text && cap_in_text < minutes);
+        assert!(chart_hours < cap_in_text && cap_in_text < minutes);
+    }
+
+    #[test]
+    fn only_a_regions_chart_reads_its_regions_rows() {
+        let span = ChartWindow::Week.span(at("2026-11-30T12:34:20Z"));
+        let sources = ChartSources::of(&span, &plan(), 20);
+        let region_binds = |scope: &ChartScope| -> Vec<String> {
+            ranked_sql(&sources, scope, 20, false)
+                .binds
+                .iter()
+                .filter_map(|bind| match bind {
+                    Bind::Text(text) if !text.starts_with("2026") => Some(text.clone()),
+                    Bind::Pair(text) => Some(format!("{text} twice")),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert_eq!(
+            region_binds(&ChartScope::Region("DE".to_owned())),
+            ["DE", "DE", "DE"]
+        );
+        assert_eq!(region_binds(&ChartScope::Global), ["*", "*"]);
+        // A genre: all regions' snapshot rows, the genre's songs kept once after the parts.
+        assert_eq!(
+            region_binds(&ChartScope::Genre("jazz".to_owned())),
+            ["*", "*", "jazz twice"]
+        );
     }
 }
