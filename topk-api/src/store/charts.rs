@@ -372,52 +372,35 @@ struct PartColumns<'a> {
 }
 
 /// `SELECT song_id, <value> FROM .. UNION ALL SELECT ..` over the sources' parts: the scope's
-/// region (all regions' rows for the other scopes), not its catalog songs.
+/// region (all regions' rows for the other scopes); a genre's or an artist's songs only in the
+/// minute part.
 fn parts_sql(
     sources: &ChartSources,
     scope: &ChartScope,
     columns: &PartColumns<'_>,
     songs: Option<&[String]>,
 ) -> Sql {
+    // A set from a subquery, unlike `has(array, song_id)`, lets ClickHouse skip to the page's
+    // songs through the snapshot tables' primary keys (the listener states are large).
     let filters = |sql: &mut Sql| {
         if let Some(songs) = songs {
             sql.bind(
-                " AND has(CAST(? AS Array(String)), song_id)",
+                " AND song_id IN (SELECT arrayJoin(CAST(? AS Array(String))))",
                 Bind::Texts(songs.to_vec()),
             );
         }
     };
     let mut parts: Vec<Sql> = Vec::new();
     if !sources.days.is_empty() {
-        let mut sql = Sql::default();
-        sql.push(&format!(
-            "SELECT song_id, {} AS value FROM {CHART_DAYS} WHERE (",
-            columns.snapshot
-        ));
-        for (index, part) in sources.days.iter().enumerate() {
-            if index > 0 {
-                sql.push(" OR ");
-            }
+        let mut sql = snapshot_part(CHART_DAYS, columns, &sources.days, scope, |sql, part| {
             sql.bind("(day = toDate(?)", Bind::Text(part.day.to_string()))
                 .bind(" AND snapshot_id = ?)", Bind::Number(part.snapshot_id));
-        }
-        sql.bind(
-            ") AND region = ?",
-            Bind::Text(scope.snapshot_region().to_owned()),
-        );
+        });
         filters(&mut sql);
         parts.push(sql);
     }
     if !sources.hours.is_empty() {
-        let mut sql = Sql::default();
-        sql.push(&format!(
-            "SELECT song_id, {} AS value FROM {CHART_HOURS} WHERE (",
-            columns.snapshot
-        ));
-        for (index, part) in sources.hours.iter().enumerate() {
-            if index > 0 {
-                sql.push(" OR ");
-            }
+        let mut sql = snapshot_part(CHART_HOURS, columns, &sources.hours, scope, |sql, part| {
             sql.bind("(day = toDate(?)", Bind::Text(part.day.to_string()))
                 .bind(" AND snapshot_id = ?", Bind::Number(part.snapshot_id))
                 .bind(
@@ -428,11 +411,7 @@ fn parts_sql(
                     " AND hour < toDateTime(?))",
                     Bind::Number(epoch_secs(part.to)),
                 );
-        }
-        sql.bind(
-            ") AND region = ?",
-            Bind::Text(scope.snapshot_region().to_owned()),
-        );
+        });
         filters(&mut sql);
         parts.push(sql);
     }
@@ -459,6 +438,16 @@ fn parts_sql(
         if let ChartScope::Region(region) = scope {
             sql.bind(" AND region = ?", Bind::Text(region.clone()));
         }
+        // A genre's or an artist's songs before the minute rows are grouped per user (the
+        // snapshot parts are kept after the union, see `ranked_sql`); a page's songs are the
+        // scope's already.
+        if songs.is_none() {
+            let (song_condition, song_bind) = scope.song_condition();
+            sql.push(&song_condition);
+            if let Some(bind) = song_bind {
+                sql.binds.push(bind);
+            }
+        }
         filters(&mut sql);
         if columns.per_user_hour {
             sql.push(" GROUP BY user_id, song_id, region, toStartOfHour(minute)");
@@ -475,6 +464,33 @@ fn parts_sql(
         union.append(part);
     }
     union
+}
+
+/// `SELECT song_id, <snapshot column> AS value FROM <table> WHERE (<read> OR ..) AND region =
+/// ?`: the snapshot rows of `reads` (one condition each) in the scope's region.
+fn snapshot_part<T>(
+    table: &str,
+    columns: &PartColumns<'_>,
+    reads: &[T],
+    scope: &ChartScope,
+    condition: impl Fn(&mut Sql, &T),
+) -> Sql {
+    let mut sql = Sql::default();
+    sql.push(&format!(
+        "SELECT song_id, {} AS value FROM {table} WHERE (",
+        columns.snapshot
+    ));
+    for (index, read) in reads.iter().enumerate() {
+        if index > 0 {
+            sql.push(" OR ");
+        }
+        condition(&mut sql, read);
+    }
+    sql.bind(
+        ") AND region = ?",
+        Bind::Text(scope.snapshot_region().to_owned()),
+    );
+    sql
 }
 
 /// Every song of the span with its capped plays, ranked: `SELECT groupArray((song_id,
@@ -504,8 +520,9 @@ fn ranked_sql(sources: &ChartSources, scope: &ChartScope, cap: u64, songs_only: 
             None,
         ));
     }
-    // A genre's or an artist's songs are kept once, after the parts (each part of the union
-    // would look the catalog up again).
+    // A genre's or an artist's songs are kept after the parts: one catalog lookup for the
+    // snapshot parts instead of one each (the minute part keeps them itself, before its
+    // grouping per user).
     let (song_condition, song_bind) = scope.song_condition();
     sql.push(") WHERE 1");
     sql.push(&song_condition);
@@ -877,10 +894,11 @@ mod tests {
             ["DE", "DE", "DE"]
         );
         assert_eq!(region_binds(&ChartScope::Global), ["*", "*"]);
-        // A genre: all regions' snapshot rows, the genre's songs kept once after the parts.
+        // A genre: all regions' snapshot rows, the genre's songs kept in the minute part and
+        // after the parts.
         assert_eq!(
             region_binds(&ChartScope::Genre("jazz".to_owned())),
-            ["*", "*", "jazz twice"]
+            ["*", "*", "jazz twice", "jazz twice"]
         );
     }
 }
