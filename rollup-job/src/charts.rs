@@ -200,7 +200,7 @@ pub async fn plan_chart_days(
     let latest = latest_chart_snapshots(client, first, last)
         .await
         .map_err(clickhouse_error(format!(
-            "reading the chart rollups of {first}..={last}"
+            "reading the chart snapshots of {first}..={last}"
         )))?;
     let minute_days: BTreeSet<NaiveDate> = list_day_partitions(client, placement, CHART_MINUTE)
         .await?
@@ -232,7 +232,7 @@ pub async fn plan_chart_days(
         .collect())
 }
 
-/// Snapshots `day`'s hours before `through` into `chart_hours` and records it.
+/// Snapshots `day`'s hours before `through` into `chart_hours` and `chart_days` and records it.
 pub async fn roll_up_chart_day(
     client: &clickhouse::Client,
     placement: &Placement,

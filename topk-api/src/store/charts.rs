@@ -792,8 +792,8 @@ mod tests {
 
     #[test]
     fn a_day_only_partly_inside_the_window_is_read_by_the_hour() {
-        // From 11-28 12:35: 11-28's hours from 13:00 on, not its day rows; 11-29 has a late
-        // hour; today's snapshot (to 10:00) lies inside.
+        // 11-28 12:35 to 11-29 12:35: 11-28's hours from 13:00 on, not its day rows; 11-29
+        // only partly inside, and with a late hour.
         let span = ChartWindow::Day.span(at("2026-11-29T12:34:20Z"));
         let sources = ChartSources::of(&span, &plan(), 20);
         assert!(sources.days.is_empty());
