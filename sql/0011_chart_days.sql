@@ -5,6 +5,8 @@
 -- by chart_hours and chart_snapshots (new names: a replicated table cannot be made again under
 -- its old name in one step on a cluster); they hold only rows derived from chart_minute, so the
 -- next `topk-rollup run` snapshots every day again, and until then the API reads the minute rows.
+-- Nothing reads or writes chart_hourly and chart_rollups any more. They are left in place: drop
+-- them by hand once no older binary runs.
 
 -- Chart plays and listeners per (UTC hour, region, song) of one snapshot of a day's complete
 -- hours, and per (UTC hour, '*', song) for all regions together. `plays` are capped per user,
@@ -58,7 +60,3 @@ CREATE TABLE IF NOT EXISTS chart_snapshots
 )
 ENGINE = MergeTree
 ORDER BY (day, snapshot_id);
-
-DROP TABLE IF EXISTS chart_hourly;
-
-DROP TABLE IF EXISTS chart_rollups;
