@@ -123,7 +123,7 @@ async fn the_pipeline_on_the_cluster_counts_rolls_up_and_answers_like_the_single
                 );
                 let previous = expected_chart(
                     &messages,
-                    &span.previous(),
+                    &window.previous(&span),
                     keeps,
                     DEFAULT_USER_HOUR_CAP,
                     DEFAULT_CHART_MIN_PLAYED_MS,

@@ -208,11 +208,12 @@ async fn assert_every_chart_equals_brute_force(
         let span = window.span(as_of);
         for scope in &SCOPES {
             let expected_songs = expected(messages, &span, scope.keeps);
-            let previous: HashMap<String, u64> = expected(messages, &span.previous(), scope.keeps)
-                .into_iter()
-                .enumerate()
-                .map(|(index, song)| (song.song_id, index as u64 + 1))
-                .collect();
+            let previous: HashMap<String, u64> =
+                expected(messages, &window.previous(&span), scope.keeps)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(index, song)| (song.song_id, index as u64 + 1))
+                    .collect();
             let limit = 23;
             let mut offset = 0;
             loop {

@@ -295,6 +295,7 @@ pub async fn top_songs(
     let span = params.window.span(as_of);
     let query = ChartQuery {
         scope: params.scope.clone(),
+        window: params.window,
         span,
         offset: params.offset,
         limit: params.limit,

@@ -207,7 +207,7 @@ impl Store {
                     topk_core::chart::DEFAULT_CHART_RETENTION_DAYS,
                 )))
                 .unwrap_or(NaiveDate::MIN)
-                .min(query.span.previous().from.date_naive());
+                .min(query.window.previous(&query.span).from.date_naive());
             let reader = &self.reader;
             let plan = reader
                 .chart_plans

@@ -20,8 +20,9 @@
 //! and 1 440 minutes before that, sliding minute by minute. `7d` starts at a whole UTC hour
 //! (the first one at most 7 days back), so it holds up to 168 hours: the whole hours before
 //! the current one, read from the hourly rollups, and the current hour up to the end minute.
-//! The previous period ([`ChartSpan::previous`], for `prev_rank`) is the window's own length
-//! right before it.
+//! The previous period ([`ChartWindow::previous`], for `prev_rank`) is the same window as of
+//! this one's start: the 60 or 1 440 minutes right before it, or for `7d` the 168 whole hours
+//! right before it (so it never needs minute rows, which are kept 7 days only).
 
 use std::fmt;
 use std::str::FromStr;
@@ -80,6 +81,12 @@ impl ChartWindow {
         };
         ChartSpan { from, to }
     }
+
+    /// The previous period of `span` (a span of this window): the same window as of `span`'s
+    /// start.
+    pub fn previous(self, span: &ChartSpan) -> ChartSpan {
+        self.span(span.from)
+    }
 }
 
 impl fmt::Display for ChartWindow {
@@ -110,15 +117,6 @@ pub struct ChartSpan {
 }
 
 impl ChartSpan {
-    /// The span of the same length right before this one.
-    pub fn previous(&self) -> Self {
-        let length = self.to - self.from;
-        Self {
-            from: self.from - length,
-            to: self.from,
-        }
-    }
-
     pub fn contains(&self, time: DateTime<Utc>) -> bool {
         self.from <= time && time < self.to
     }
@@ -178,9 +176,15 @@ mod tests {
         assert_eq!(week.from, at("2026-11-23T13:00:00Z"));
         assert_eq!(week.to, at("2026-11-30T12:35:00Z"));
         assert_eq!(week.whole_hours(), (week.from, at("2026-11-30T12:00:00Z")));
-        let previous = week.previous();
+        let previous = ChartWindow::Week.previous(&week);
         assert_eq!(previous.to, week.from);
-        assert_eq!(previous.from, week.from - (week.to - week.from));
+        assert_eq!(previous.from, week.from - Duration::days(7));
+        let hour = ChartWindow::Hour.span(at("2026-11-30T12:34:20Z"));
+        let before = ChartWindow::Hour.previous(&hour);
+        assert_eq!(
+            (before.from, before.to),
+            (hour.from - Duration::hours(1), hour.from)
+        );
         let on_the_hour = ChartWindow::Week.span(at("2026-11-30T12:00:00Z"));
         assert_eq!(on_the_hour.to - on_the_hour.from, Duration::days(7));
     }

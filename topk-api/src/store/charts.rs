@@ -21,7 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use chrono::{DateTime, Duration, NaiveDate, Utc};
 use clickhouse::Row;
 use serde::Deserialize;
-use topk_core::chart::{ceil_to, floor_to, ChartSpan};
+use topk_core::chart::{ceil_to, floor_to, ChartSpan, ChartWindow};
 use topk_core::committed::CommittedFlushes;
 use topk_core::schema::{ChartRollupRow, CHART_HOURLY, CHART_MINUTE, SONGS_CURRENT};
 use topk_core::snapshots::{hours_with_new_commits, latest_chart_rollups};
@@ -165,6 +165,8 @@ pub struct ChartSong {
 #[derive(Debug, Clone)]
 pub struct ChartQuery {
     pub scope: ChartScope,
+    pub window: ChartWindow,
+    /// `window` as of the asked moment.
     pub span: ChartSpan,
     pub offset: usize,
     pub limit: usize,
@@ -480,7 +482,11 @@ pub(super) async fn read_chart(
         });
     }
     let listeners = read_listeners(client, plan, &sources, &query.scope, &page.songs);
-    let previous = ChartSources::of(&query.span.previous(), plan, query.user_hour_cap);
+    let previous = ChartSources::of(
+        &query.window.previous(&query.span),
+        plan,
+        query.user_hour_cap,
+    );
     let prev_ranks = read_ranks(client, plan, &previous, query, &page.songs);
     let (listeners, prev_ranks) = tokio::try_join!(listeners, prev_ranks)?;
     let songs = page
@@ -560,7 +566,6 @@ async fn read_ranks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use topk_core::chart::ChartWindow;
 
     fn at(text: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(text).unwrap().to_utc()
