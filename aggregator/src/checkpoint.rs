@@ -136,15 +136,30 @@ pub async fn kill_queries(
     }
 }
 
-/// Removes, in the background, the minute rows of `claim_id` above flush `above_seq`: rows
-/// of a flush that will never count (see [`remove_uncommitted_rows`]).
+/// Removes, in the background and after `delay`, the minute rows of `claim_id` above flush
+/// `above_seq`: rows of a flush that will never count (see [`remove_uncommitted_rows`]).
+///
+/// The delay outlasts ClickHouse's ZooKeeper session timeout, so that an owner that died
+/// mid-insert with its node no longer holds a block number of the table. A mutation issued
+/// while one is held cannot finish before it is released on any version, and on ClickHouse
+/// 18.x every replica that tries to finalize it then segfaults (`tryFinalizeMutations` reads
+/// the last of zero finished mutations). A cleanup still waiting when the process exits is
+/// dropped: the rows never count, and leave with their day's partition.
 pub fn spawn_cleanup(
     client: clickhouse::Client,
     placement: Placement,
     claim_id: u64,
     above_seq: u64,
+    delay: Duration,
 ) {
     tokio::spawn(async move {
+        tracing::info!(
+            claim = claim_id,
+            above_seq,
+            ?delay,
+            "rows of uncommitted flushes will be removed"
+        );
+        tokio::time::sleep(delay).await;
         match remove_uncommitted_rows(&client, &placement, claim_id, above_seq).await {
             Ok(()) => tracing::info!(
                 claim = claim_id,

@@ -78,6 +78,15 @@ pub struct AggregatorConfig {
     /// Longest wait between ClickHouse retries (backoff starts at 100 ms and doubles).
     #[arg(long, env = "TOPK_MAX_RETRY_BACKOFF_MS", default_value_t = 5_000)]
     pub max_retry_backoff_ms: u64,
+    /// How long after taking a partition over the rows of the previous owner's unfinished
+    /// flushes are deleted, in milliseconds. Those rows never count (readers count committed
+    /// flushes only); the DELETE only frees their space. It waits out ClickHouse's ZooKeeper
+    /// session timeout (`<zookeeper><session_timeout_ms>`, 30 s by default; keep this above
+    /// it): an owner that died mid-insert, with its ClickHouse node, holds a block number
+    /// until its session expires. Until then a mutation cannot finish on any version, and
+    /// ClickHouse 18.x replicas crash when they try to finalize it (docs/operations.md).
+    #[arg(long, env = "TOPK_CLEANUP_DELAY_MS", default_value_t = 60_000)]
+    pub cleanup_delay_ms: u64,
     /// Extra librdkafka consumer properties, `key=value` pairs separated by commas
     /// (e.g. `security.protocol=ssl,fetch.max.bytes=1048576`).
     #[arg(long, env = "TOPK_KAFKA_CONSUMER_PROPERTIES", default_value = "")]
@@ -107,6 +116,10 @@ impl AggregatorConfig {
 
     pub fn max_retry_backoff(&self) -> Duration {
         Duration::from_millis(self.max_retry_backoff_ms.max(100))
+    }
+
+    pub fn cleanup_delay(&self) -> Duration {
+        Duration::from_millis(self.cleanup_delay_ms)
     }
 
     pub fn shard_count(&self) -> usize {

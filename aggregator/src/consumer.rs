@@ -57,6 +57,8 @@ pub struct AggregatorContext {
     shards: Vec<mpsc::Sender<ShardCommand>>,
     revoke_timeout: Duration,
     max_backoff: Duration,
+    /// See `AggregatorConfig::cleanup_delay_ms`.
+    cleanup_delay: Duration,
     fatal: std::sync::Mutex<Option<String>>,
     /// The next offset to hand to the shards, per partition, since the last rebalance.
     positions: std::sync::Mutex<HashMap<i32, i64>>,
@@ -262,6 +264,7 @@ impl AggregatorContext {
                             self.placement.clone(),
                             claim.parent_claim_id,
                             claim.parent_max_seq,
+                            self.cleanup_delay,
                         );
                     }
                     return Ok(claim);
@@ -421,6 +424,7 @@ impl Poller {
             shards: parts.shards.clone(),
             revoke_timeout: config.shutdown_timeout(),
             max_backoff: config.max_retry_backoff(),
+            cleanup_delay: config.cleanup_delay(),
             fatal: std::sync::Mutex::new(None),
             positions: std::sync::Mutex::new(HashMap::new()),
             fetch_stats: std::sync::Mutex::new(HashMap::new()),

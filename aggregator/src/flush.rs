@@ -105,6 +105,8 @@ pub struct FlushTarget {
     pub archive: Option<ArchiveWriter>,
     pub insert_timeout: Duration,
     pub max_backoff: Duration,
+    /// See `AggregatorConfig::cleanup_delay_ms`.
+    pub cleanup_delay: Duration,
 }
 
 /// Why an attempt failed, and whether anything of it may have reached the tables.
@@ -465,6 +467,7 @@ impl FlushTarget {
                 self.placement.clone(),
                 old_claim,
                 claim.parent_max_seq,
+                self.cleanup_delay,
             );
             if claim.resume.counted_through != flush.previous_offset {
                 tracing::warn!(

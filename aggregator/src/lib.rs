@@ -124,6 +124,7 @@ pub async fn run(
             archive,
             insert_timeout: INSERT_TIMEOUT,
             max_backoff: config.max_retry_backoff(),
+            cleanup_delay: config.cleanup_delay(),
         },
         flush_interval: config.flush_interval(),
         max_buffer_rows: config.max_buffer_rows,

@@ -492,7 +492,7 @@ async fn main() -> anyhow::Result<()> {
         println!("  active parts: {table} partition {partition}: {count} parts, {rows} rows");
     }
     assert!(aggregator.is_running(), "{}", aggregator.log_tail(20));
-    print_slow_flushes(&std::fs::read_to_string(&aggregator.log_path).unwrap_or_default());
+    print_slow_flushes(&aggregator.log());
     aggregator.terminate(Duration::from_secs(60));
     let _ = stop_api.send(());
     let _ = server.await;

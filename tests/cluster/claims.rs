@@ -138,9 +138,7 @@ async fn claimers_racing_through_every_node_form_one_line_of_owners() {
 /// Waits until `aggregator` has claimed its first partitions.
 async fn wait_for_claims(aggregator: &topk_tests::process::ChildProcess) {
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_to_string(&aggregator.log_path)
-        .is_ok_and(|log| log.contains("partitions claimed"))
-    {
+    while !aggregator.log().contains("partitions claimed") {
         assert!(
             std::time::Instant::now() < deadline,
             "{}",
@@ -314,7 +312,7 @@ async fn lost_answers_on_the_way_to_keeper_and_the_mirror_count_once() {
         }
         through.assert_counts_equal(&expected, &aggregator).await;
     }
-    let log = std::fs::read_to_string(&aggregator.log_path).unwrap_or_default();
+    let log = aggregator.log();
     assert!(
         log.contains("retrying the flush under a renewed claim"),
         "the lost rows were not settled by a renewed claim"

@@ -112,3 +112,114 @@ async fn many_cleanups_reach_each_shard_once_and_leave_every_ddl_worker_running(
         .await
         .expect("every node runs ON CLUSTER DDL after the cleanups");
 }
+
+/// Waits until `aggregator`'s log contains `line`.
+async fn wait_for_log_line(aggregator: &topk_tests::process::ChildProcess, line: &str) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while !aggregator.log().contains(line) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no {line:?} in the aggregator's log after 120 s:\n{}",
+            aggregator.log_tail(30)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    }
+}
+
+/// A writer that died mid-insert together with its ClickHouse node holds a block number of
+/// the table (an ephemeral lock in ZooKeeper) until its session expires. A mutation issued
+/// meanwhile cannot finish, and on ClickHouse 18.x each replica that tries to finalize it
+/// segfaults (`ReplicatedMergeTreeQueue::tryFinalizeMutations`; docs/operations.md). An
+/// aggregator that takes over from a crashed one issues such a mutation, its cleanup: here
+/// such a lock is planted, exactly as an insert takes it, in shard 1's minute table while a
+/// takeover happens, and released 5 s after the takeover (as the dead writer's session would
+/// expire). The cleanup, delayed longer than that, runs after it: every node stays up, the
+/// cleanup finishes and the counts are exact. (Without the delay both replicas of shard 1
+/// crashed: CI met it twice in `claims::an_aggregator_killed_with_its_node..`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_cleanup_waits_out_a_dead_writers_block_number() {
+    use std::time::Duration;
+
+    use topk_loadgen::generate::{expected_minute_counts, generate};
+    use zookeeper_client as zk;
+
+    let _exclusive = crate::exclusive().await;
+    let urls = cluster_up();
+    let pipeline = topk_tests::pipeline::Pipeline::on_cluster(
+        "cluster_cleanup_dead_writer",
+        2,
+        &urls[0],
+        CLUSTER,
+        &crate::zookeeper(),
+    )
+    .await;
+    let messages = generate(&crate::faults::fault_traffic(8_000, 41));
+    let expected = expected_minute_counts(&messages);
+    let (first, second) = messages.split_at(4_000);
+    let mut crashed = pipeline.start_aggregator("dead-writer-first", &[]);
+    pipeline.produce_unbatched(first).await;
+    pipeline.wait_until_drained(Duration::from_secs(120)).await;
+    crashed.kill_hard();
+
+    // The dead writer's lock, in a partition of shard 1's minute table (on ch1 and ch2).
+    let local = format!("{}_local", pipeline.clickhouse.clickhouse_database);
+    let ch1 = topk_core::db::ClickHouseOptions::new(&urls[0], &local).client();
+    let zookeeper_path: String = ch1
+        .query("SELECT zookeeper_path FROM system.replicas WHERE database = ? AND table = 'plays_minute'")
+        .bind(&local)
+        .fetch_one()
+        .await
+        .unwrap();
+    let partition: String = ch1
+        .query("SELECT max(partition_id) FROM system.parts WHERE database = ? AND table = 'plays_minute' AND active")
+        .bind(&local)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(!partition.is_empty(), "shard 1 holds minute rows");
+    let writer = zk::Client::connect(&crate::zookeeper()).await.unwrap();
+    let lock = format!("{zookeeper_path}/temp/abandonable_lock-dead-writer");
+    writer
+        .create(
+            &lock,
+            b"",
+            &zk::CreateMode::Ephemeral.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+    writer
+        .create(
+            &format!("{zookeeper_path}/block_numbers/{partition}/block-"),
+            lock.as_bytes(),
+            &zk::CreateMode::PersistentSequential.with_acls(zk::Acls::anyone_all()),
+        )
+        .await
+        .unwrap();
+
+    // The crashed member's group session expires (tansu: 10 s), then its successor takes over.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut successor =
+        pipeline.start_aggregator("dead-writer-successor", &["--cleanup-delay-ms", "20000"]);
+    pipeline.produce_unbatched(second).await;
+    wait_for_log_line(&successor, "rows of uncommitted flushes will be removed").await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    drop(writer);
+    wait_for_log_line(&successor, "rows of uncommitted flushes removed").await;
+
+    for (node, url) in urls.iter().enumerate() {
+        let alive = topk_core::db::ClickHouseOptions::new(url, "system")
+            .client()
+            .query("SELECT 1")
+            .fetch_one::<u8>()
+            .await;
+        assert!(
+            alive.is_ok(),
+            "ch{} is down after the cleanup: {alive:?}",
+            node + 1
+        );
+    }
+    pipeline.wait_until_drained(Duration::from_secs(120)).await;
+    pipeline.assert_counts_equal(&expected, &successor).await;
+    assert!(successor.is_running(), "{}", successor.log_tail(20));
+    assert_eq!(successor.terminate(Duration::from_secs(30)), Some(0));
+}

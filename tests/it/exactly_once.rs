@@ -146,10 +146,7 @@ async fn case2_a_commit_whose_response_is_lost_counts_once() {
     eventually(
         Duration::from_secs(60),
         "the leader owns the partitions",
-        || async {
-            std::fs::read_to_string(&leader.log_path)
-                .is_ok_and(|log| log.contains("partitions claimed"))
-        },
+        || async { leader.log().contains("partitions claimed") },
     )
     .await;
     let mut worker = start("first");
@@ -581,9 +578,7 @@ async fn case8_a_worker_without_partitions_reports_records_nobody_consumes() {
             if let Some((503, body)) = http_get(port, "/healthz").await {
                 return Some(body);
             }
-            if std::fs::read_to_string(&idle.log_path)
-                .is_ok_and(|log| log.contains("partitions claimed"))
-            {
+            if idle.log().contains("partitions claimed") {
                 return None;
             }
             tokio::time::sleep(Duration::from_millis(500)).await;

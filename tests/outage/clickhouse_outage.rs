@@ -80,7 +80,7 @@ async fn clickhouse_outage_of_30_seconds_loses_nothing_and_stays_under_the_memor
         peak_resident < cap,
         "peak resident {peak_resident} bytes over the cap {cap}"
     );
-    let log = std::fs::read_to_string(&aggregator.log_path).unwrap_or_default();
+    let log = aggregator.log();
     assert!(
         log.contains("pausing consumption"),
         "the memory budget never paused consumption"

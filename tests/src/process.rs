@@ -26,7 +26,10 @@ pub fn binary_path(name: &str) -> PathBuf {
 pub struct ChildProcess {
     pub name: String,
     child: Child,
+    /// The log file, shared with earlier processes of the same label (appended to).
     pub log_path: PathBuf,
+    /// Where this process's output starts in the log file.
+    log_start: u64,
 }
 
 impl ChildProcess {
@@ -40,6 +43,7 @@ impl ChildProcess {
             .append(true)
             .open(&log_path)
             .expect("log file");
+        let log_start = log.metadata().map_or(0, |metadata| metadata.len());
         let child = Command::new(binary_path(binary))
             .args(args)
             .envs(env.iter().map(|(key, value)| (key, value)))
@@ -53,6 +57,7 @@ impl ChildProcess {
             name: label.to_owned(),
             child,
             log_path,
+            log_start,
         }
     }
 
@@ -103,9 +108,22 @@ impl ChildProcess {
         resident_bytes_of(self.child.id())
     }
 
+    /// What this process has logged so far (not the earlier runs' lines in the same file, so
+    /// a test that looks for a line cannot pass on an earlier run's).
+    pub fn log(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut text = Vec::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log_path) {
+            if file.seek(std::io::SeekFrom::Start(self.log_start)).is_ok() {
+                let _ = file.read_to_end(&mut text);
+            }
+        }
+        String::from_utf8_lossy(&text).into_owned()
+    }
+
     /// The last lines of the process's log, for assertion messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log_path).unwrap_or_default();
+        let text = self.log();
         let all: Vec<&str> = text.lines().collect();
         all[all.len().saturating_sub(lines)..].join("\n")
     }
