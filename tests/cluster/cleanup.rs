@@ -203,8 +203,29 @@ async fn a_takeover_cleanup_waits_out_a_dead_writers_block_number() {
     pipeline.produce_unbatched(second).await;
     wait_for_log_line(&successor, "rows of uncommitted flushes will be removed").await;
     tokio::time::sleep(Duration::from_secs(5)).await;
+    // Server time, in whole seconds as system.mutations has it.
+    let released_at: u32 = ch1
+        .query("SELECT toUInt32(now())")
+        .fetch_one()
+        .await
+        .unwrap();
     drop(writer);
     wait_for_log_line(&successor, "rows of uncommitted flushes removed").await;
+    // The cleanup's DELETEs reached shard 1 only after the lock was gone.
+    let (mutations, first_created): (u64, u32) = ch1
+        .query(
+            "SELECT count(), toUInt32(min(create_time)) FROM system.mutations \
+             WHERE database = ? AND table = 'plays_minute'",
+        )
+        .bind(&local)
+        .fetch_one()
+        .await
+        .unwrap();
+    assert!(mutations > 0, "no cleanup mutation on shard 1");
+    assert!(
+        first_created >= released_at,
+        "a cleanup DELETE was issued at {first_created}, before the lock was released at {released_at}"
+    );
 
     for (node, url) in urls.iter().enumerate() {
         let alive = topk_core::db::ClickHouseOptions::new(url, "system")
